@@ -1,0 +1,169 @@
+"""Command line: ``python -m flare <command>`` or ``flare <command>``."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import yaml
+
+DESCRIPTION = """\
+FLARE: train and evaluate neural PDE surrogates, prepare datasets, build the report.
+
+Typical use (the Snakemake workflow runs the same commands):
+  flare data generate-darcy --out results/raw/darcy/piececonst_r61_N240_smooth1.mat --resolution 61 --samples 240 --seed 1
+  flare data prepare-darcy --train <smooth1.mat> --test <smooth2.mat> --out results/datasets/darcy --subsample 2
+  flare train --dataset darcy --model flare --seed 0 --out results/runs/darcy/flare/seed0 --epochs 20
+  flare evaluate --run results/runs/darcy/flare/seed0
+"""
+
+
+def parse_set(items: list[str]) -> dict:
+    """``["model.num_latents=128", "train.epochs=5"]`` -> ``{"model": {"num_latents": 128}, "train": {"epochs": 5}}``."""
+    overrides: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot or not name:
+            raise SystemExit(f"--set expects SECTION.KEY=VALUE (e.g. train.epochs=5); got {item!r}")
+        overrides.setdefault(section, {})[name] = yaml.safe_load(value)
+    return overrides
+
+
+def cmd_train(args) -> None:
+    from flare.settings import deep_merge, load_yaml
+    from flare.train import train
+
+    overrides = load_yaml(args.config) if args.config else {}
+    overrides = deep_merge(overrides, parse_set(args.set))
+    if args.epochs is not None:
+        overrides = deep_merge(overrides, {"train": {"epochs": args.epochs}})
+    if args.device:
+        overrides = deep_merge(overrides, {"train": {"device": args.device}})
+    if not (args.data_dir or args.dataset):
+        raise ValueError("name the dataset with --dataset NAME (or its folder with --data-dir PATH)")
+    dataset_dir = Path(args.data_dir) if args.data_dir else Path(args.data_root) / args.dataset
+    errors = train(dataset_dir, args.model, args.seed, args.out, overrides, progress=not args.no_progress)
+    print(json.dumps(errors, indent=2))
+
+
+def cmd_evaluate(args) -> None:
+    from flare.evaluate import evaluate
+
+    summary = evaluate(args.run, dataset_dir=args.data_dir, device=args.device or "auto")
+    print(json.dumps(summary, indent=2))
+
+
+def cmd_mean_field(args) -> None:
+    from flare.evaluate import mean_field
+
+    print(json.dumps(mean_field(args.data_dir, args.out), indent=2))
+
+
+def cmd_aggregate(args) -> None:
+    from flare.report import collect_evaluations, relative_l2_figure, relative_l2_table, write_tables
+
+    runs = collect_evaluations(args.evals)
+    write_tables(relative_l2_table(runs), args.md, args.csv, args.tex)
+    relative_l2_figure(runs, args.figure)
+
+
+def cmd_generate_darcy(args) -> None:
+    from flare.data.darcy import generate_file
+
+    generate_file(args.out, args.resolution, args.samples, args.seed, progress=not args.no_progress)
+
+
+def cmd_prepare_darcy(args) -> None:
+    from flare.data.darcy import prepare
+
+    prepare(args.train, args.test, args.out, args.subsample, args.num_train, args.num_test)
+
+
+def cmd_models(args) -> None:
+    from flare.models import MODELS
+
+    print("\n".join(sorted(MODELS)))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flare", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress messages")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train one model on one dataset with one seed (resumes from checkpoints)",
+                       description="Train a model. Settings: the model's paper settings for the dataset "
+                       "(config/models/<model>.yaml), then --config, then --set, then --epochs/--device. "
+                       "A run folder that already holds checkpoints of the same settings is resumed.")
+    p.add_argument("--dataset", help="dataset name (its folder under --data-root)")
+    p.add_argument("--data-root", default="results/datasets", help="folder of prepared datasets [%(default)s]")
+    p.add_argument("--data-dir", help="the dataset folder itself (overrides --data-root/--dataset)")
+    p.add_argument("--model", required=True, help="registered model name (see `flare models`)")
+    p.add_argument("--seed", type=int, required=True, help="random seed of initialisation and data order")
+    p.add_argument("--out", required=True, help="run folder: checkpoints, config.yaml, history.csv, results")
+    p.add_argument("--epochs", type=int, help="number of epochs (overrides the settings)")
+    p.add_argument("--config", help="YAML file with `model:` and/or `train:` sections of overrides")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one setting, e.g. --set model.num_latents=128 --set train.batch_size=4")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda when available)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="relative L2 of a trained run on its dataset -> eval.json, per_sample.csv")
+    p.add_argument("--run", required=True, help="run folder written by `flare train`")
+    p.add_argument("--data-dir", help="dataset folder (default: the one the run was trained on)")
+    p.add_argument("--device", help="cpu, cuda, … (default: cuda when available)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("mean-field", help="the predict-the-training-mean baseline -> eval.json")
+    p.add_argument("--data-dir", required=True, help="dataset folder holding train.h5 and test.h5")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=cmd_mean_field)
+
+    p = sub.add_parser("aggregate", help="tables (md, csv, tex) and the bar chart from eval.json files")
+    p.add_argument("--evals", nargs="+", required=True, help="eval.json files")
+    p.add_argument("--md", required=True)
+    p.add_argument("--csv", required=True)
+    p.add_argument("--tex", required=True)
+    p.add_argument("--figure", nargs="+", required=True, help="figure files (png, pdf, …)")
+    p.set_defaults(func=cmd_aggregate)
+
+    p = sub.add_parser("models", help="list registered models")
+    p.set_defaults(func=cmd_models)
+
+    data = sub.add_parser("data", help="dataset generation and conversion")
+    dsub = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
+    p = dsub.add_parser("generate-darcy", help="generate Darcy samples (FNO recipe) into an FNO-layout .mat file")
+    p.add_argument("--out", required=True, help="output .mat file, e.g. piececonst_r61_N240_smooth1.mat")
+    p.add_argument("--resolution", type=int, required=True, help="grid nodes per side (FNO: 421)")
+    p.add_argument("--samples", type=int, required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_generate_darcy)
+    p = dsub.add_parser("prepare-darcy", help="convert FNO Darcy .mat files to the standard format")
+    p.add_argument("--train", required=True, help=".mat file of the training samples (smooth1)")
+    p.add_argument("--test", required=True, help=".mat file of the test samples (smooth2)")
+    p.add_argument("--out", required=True, help="dataset folder to write train.h5 and test.h5 into")
+    p.add_argument("--subsample", type=int, default=5, help="keep every k-th node [%(default)s: 421 -> 85]")
+    p.add_argument("--num-train", type=int, default=1000)
+    p.add_argument("--num-test", type=int, default=200)
+    p.set_defaults(func=cmd_prepare_darcy)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        args.func(args)
+    except (FileNotFoundError, KeyError, ValueError, TypeError, RuntimeError) as err:
+        if args.verbose:
+            raise
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"flare {args.command}: error: {message}", file=sys.stderr)
+        return 1
+    return 0

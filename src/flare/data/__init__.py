@@ -1,0 +1,1 @@
+"""Datasets: the embedded Darcy-flow generator (FNO recipe) and MATLAB .mat reading."""

@@ -1,0 +1,197 @@
+"""The standard on-disk dataset format: ``<dataset dir>/{train,test}.h5``.
+
+Each split file holds all samples' points concatenated, so samples may differ in size
+(LPBF meshes) without a change of format:
+
+    x        float32 [P, c_in]   inputs of every point of every sample
+    y        float32 [P, c_out]  outputs
+    offsets  int64   [S + 1]     sample i is rows offsets[i]:offsets[i+1]
+    normalizer/{x_mean,x_std,y_mean,y_std}  float64 [c]  fitted on the train split only
+    attrs    format_version, name, split, source, description, input_channels, output_channels,
+             input_units, output_units, normalize_inputs, grid_shape, num_samples,
+             points_per_sample (-1 when sizes differ)
+
+Files are written under a temporary name and renamed when complete.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import h5py
+import numpy as np
+
+from flare.data.normalize import GaussianNormalizer
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "test")
+
+
+@dataclass
+class DatasetMeta:
+    """What a dataset holds; models and trainers size themselves from it."""
+
+    name: str
+    input_channels: list[str]
+    output_channels: list[str]
+    input_units: list[str]
+    output_units: list[str]
+    source: str
+    normalize_inputs: list[bool]
+    grid_shape: list[int] = field(default_factory=list)  # e.g. [85, 85]; empty for point clouds
+    description: str = ""
+
+    def __post_init__(self):
+        for key, ref in (("input_units", "input_channels"), ("normalize_inputs", "input_channels"),
+                         ("output_units", "output_channels")):
+            if len(getattr(self, key)) != len(getattr(self, ref)):
+                raise ValueError(f"dataset {self.name!r}: {key} has {len(getattr(self, key))} entries "
+                                 f"but {ref} has {len(getattr(self, ref))}")
+
+    @property
+    def in_channels(self) -> int:
+        return len(self.input_channels)
+
+    @property
+    def out_channels(self) -> int:
+        return len(self.output_channels)
+
+
+class DatasetFormatError(ValueError):
+    """A dataset file that does not follow the standard format."""
+
+
+def _as_sample_list(samples, name: str, split: str, kind: str, channels: int) -> list[np.ndarray]:
+    out = []
+    for i, sample in enumerate(samples):
+        arr = np.asarray(sample, dtype=np.float32)
+        if arr.ndim != 2 or arr.shape[1] != channels:
+            raise DatasetFormatError(
+                f"dataset {name!r}, {split} sample {i}: {kind} has shape {arr.shape}, expected [points, {channels}]"
+            )
+        if not np.isfinite(arr).all():
+            raise DatasetFormatError(f"dataset {name!r}, {split} sample {i}: {kind} contains NaN or Inf")
+        out.append(arr)
+    return out
+
+
+def write_dataset(
+    out_dir: str | Path,
+    meta: DatasetMeta,
+    train: tuple[Sequence[np.ndarray], Sequence[np.ndarray]],
+    test: tuple[Sequence[np.ndarray], Sequence[np.ndarray]],
+) -> dict[str, Path]:
+    """Validate the samples, fit the normaliser on ``train`` and write ``train.h5`` and ``test.h5``.
+
+    ``train`` and ``test`` are ``(xs, ys)`` with one ``[points, c_in]`` / ``[points, c_out]`` array per
+    sample (a stacked ``[S, points, c]`` array works too). Returns the written paths.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    splits = {}
+    for split, (xs, ys) in zip(SPLITS, (train, test)):
+        xs = _as_sample_list(xs, meta.name, split, "x", meta.in_channels)
+        ys = _as_sample_list(ys, meta.name, split, "y", meta.out_channels)
+        if len(xs) != len(ys) or not xs:
+            raise DatasetFormatError(f"dataset {meta.name!r}, {split}: {len(xs)} inputs and {len(ys)} outputs")
+        for i, (x, y) in enumerate(zip(xs, ys)):
+            if len(x) != len(y):
+                raise DatasetFormatError(
+                    f"dataset {meta.name!r}, {split} sample {i}: {len(x)} input points but {len(y)} output points"
+                )
+        splits[split] = (xs, ys)
+    x_norm = GaussianNormalizer.fit(np.concatenate(splits["train"][0]), mask=meta.normalize_inputs)
+    y_norm = GaussianNormalizer.fit(np.concatenate(splits["train"][1]))
+    paths = {}
+    for split, (xs, ys) in splits.items():
+        paths[split] = _write_split(out_dir / f"{split}.h5", meta, split, xs, ys, x_norm, y_norm)
+    with open(out_dir / "meta.json", "w") as fh:  # a human-readable copy of the metadata
+        json.dump({**asdict(meta), "num_samples": {s: len(v[0]) for s, v in splits.items()}}, fh, indent=2)
+    return paths
+
+
+def _write_split(path: Path, meta: DatasetMeta, split: str, xs, ys, x_norm, y_norm) -> Path:
+    sizes = np.array([len(x) for x in xs], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["split"] = split
+            f.attrs["num_samples"] = len(xs)
+            f.attrs["points_per_sample"] = int(sizes[0]) if (sizes == sizes[0]).all() else -1
+            for key, value in asdict(meta).items():
+                f.attrs[key] = json.dumps(value) if isinstance(value, list) else value
+            f.create_dataset("x", data=np.concatenate(xs))
+            f.create_dataset("y", data=np.concatenate(ys))
+            f.create_dataset("offsets", data=offsets)
+            g = f.create_group("normalizer")
+            g.attrs["fitted_on"] = "train"
+            for prefix, norm in (("x", x_norm), ("y", y_norm)):
+                g.create_dataset(f"{prefix}_mean", data=norm.mean.double().numpy())
+                g.create_dataset(f"{prefix}_std", data=norm.std.double().numpy())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+@dataclass
+class SplitData:
+    """One split read back: per-sample point arrays, metadata and the train-fitted normalisers."""
+
+    meta: DatasetMeta
+    split: str
+    x: np.ndarray  # [P, c_in]
+    y: np.ndarray  # [P, c_out]
+    offsets: np.ndarray  # [S + 1]
+    x_normalizer: GaussianNormalizer
+    y_normalizer: GaussianNormalizer
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def fixed_size(self) -> bool:
+        sizes = np.diff(self.offsets)
+        return bool((sizes == sizes[0]).all())
+
+    def sample(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        lo, hi = self.offsets[i], self.offsets[i + 1]
+        return self.x[lo:hi], self.y[lo:hi]
+
+
+def read_split(path: str | Path) -> SplitData:
+    """Read a split file fully into memory; any deviation from the format names the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"dataset file {path} does not exist (run the workflow's prepare step)")
+    try:
+        with h5py.File(path, "r") as f:
+            version = int(f.attrs.get("format_version", -1))
+            if version != FORMAT_VERSION:
+                raise DatasetFormatError(f"{path}: format_version {version}, expected {FORMAT_VERSION}")
+            attrs = {k: f.attrs[k] for k in f.attrs}
+            list_keys = ("input_channels", "output_channels", "input_units", "output_units",
+                         "normalize_inputs", "grid_shape")
+            meta = DatasetMeta(
+                **{k: json.loads(attrs[k]) for k in list_keys},
+                name=str(attrs["name"]), source=str(attrs["source"]), description=str(attrs["description"]),
+            )
+            x, y, offsets = f["x"][...], f["y"][...], f["offsets"][...]
+            g = f["normalizer"]
+            x_norm = GaussianNormalizer(g["x_mean"][...], g["x_std"][...])
+            y_norm = GaussianNormalizer(g["y_mean"][...], g["y_std"][...])
+            split = str(attrs["split"])
+    except DatasetFormatError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError) as err:
+        raise DatasetFormatError(f"{path}: not a readable dataset file in the standard format ({err})") from err
+    if x.shape[1] != meta.in_channels or y.shape[1] != meta.out_channels or len(x) != len(y):
+        raise DatasetFormatError(f"{path}: x {x.shape} / y {y.shape} disagree with the metadata's channels")
+    if offsets[0] != 0 or offsets[-1] != len(x) or (np.diff(offsets) <= 0).any():
+        raise DatasetFormatError(f"{path}: offsets do not partition the {len(x)} points into samples")
+    return SplitData(meta, split, x, y, offsets, x_norm, y_norm)

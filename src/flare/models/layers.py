@@ -1,0 +1,65 @@
+"""Building blocks shared by the models."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def gelu_tanh() -> nn.Module:
+    return nn.GELU(approximate="tanh")
+
+
+class ResidualMLP(nn.Module):
+    """MLP with optional input and output residual connections (SPEC §2).
+
+    ``h = act(W_in x) (+ x if input_residual and in == hidden)``; then ``num_layers`` times
+    ``h = h + act(W_i h)``; ``y = W_out h (+ h if output_residual and hidden == out)``.
+    ``num_layers = -1`` makes the whole module one ``Linear(in, out)``.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        hidden_dim: int,
+        out_dim: int,
+        num_layers: int = 2,
+        input_residual: bool = False,
+        output_residual: bool = False,
+    ):
+        super().__init__()
+        self.single_linear = num_layers == -1
+        if self.single_linear:
+            self.fc_out = nn.Linear(in_dim, out_dim)
+            return
+        if num_layers < 0:
+            raise ValueError(f"num_layers must be -1 or >= 0, got {num_layers}")
+        self.act = gelu_tanh()
+        self.fc_in = nn.Linear(in_dim, hidden_dim)
+        self.fc_hidden = nn.ModuleList(nn.Linear(hidden_dim, hidden_dim) for _ in range(num_layers))
+        self.fc_out = nn.Linear(hidden_dim, out_dim)
+        self.input_residual = input_residual and in_dim == hidden_dim
+        self.output_residual = output_residual and hidden_dim == out_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.single_linear:
+            return self.fc_out(x)
+        h = self.act(self.fc_in(x))
+        if self.input_residual:
+            h = h + x
+        for layer in self.fc_hidden:
+            h = h + self.act(layer(h))
+        y = self.fc_out(h)
+        if self.output_residual:
+            y = y + h
+        return y
+
+
+def init_linear_and_norm(module: nn.Module, std: float = 0.02) -> None:
+    """Linear weights N(0, std²), biases 0; LayerNorm weight 1, bias 0."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, mean=0.0, std=std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)

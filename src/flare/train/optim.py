@@ -1,0 +1,47 @@
+"""AdamW with the paper's weight-decay exclusions and the one-cycle schedule."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from flare.train.config import TrainConfig
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two groups: weights with decay; biases, normalisation weights and latent queries without.
+
+    Normalisation weights and biases are the 1-D parameters; a model names further exclusions
+    (FLARE's latent queries) through an optional ``no_weight_decay()`` method.
+    """
+    extra = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim < 2 or name in extra else decay).append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(
+        parameter_groups(model, cfg.weight_decay),
+        lr=cfg.learning_rate,
+        betas=(cfg.adam_beta1, cfg.adam_beta2),
+        eps=cfg.adam_eps,
+    )
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
+    """OneCycleLR over the whole run, stepped after every batch."""
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer,
+        max_lr=cfg.learning_rate,
+        total_steps=cfg.epochs * steps_per_epoch,
+        pct_start=cfg.one_cycle_pct_start,
+        div_factor=cfg.one_cycle_div_factor,
+        final_div_factor=cfg.one_cycle_final_div_factor,
+        three_phase=cfg.one_cycle_three_phase,
+    )

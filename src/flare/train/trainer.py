@@ -1,0 +1,282 @@
+"""The training loop: one (model, dataset, seed) run in one folder, resumable from its checkpoints.
+
+A run folder holds ``config.yaml`` (the resolved settings), ``ckpt00.pt … ckpt10.pt``,
+``history.csv`` (one row per epoch), and once finished ``model.pt``, ``model_stats.json`` and
+``rel_error.json``, written in that order, the last one marking the run complete.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import yaml
+from tqdm import tqdm
+
+from flare.data.loader import StandardDataset, load_splits
+from flare.inference import per_sample_relative_l2, pick_device
+from flare.metrics import relative_l2_with_gradients
+from flare.models import build
+from flare.settings import deep_merge, model_settings
+from flare.train.checkpoint import (
+    checkpoint_epochs,
+    checkpoint_path,
+    load_latest,
+    rng_state,
+    save_atomic,
+    set_rng_state,
+)
+from flare.train.config import TrainConfig
+from flare.train.optim import make_optimizer, make_scheduler
+
+log = logging.getLogger(__name__)
+
+HISTORY_FIELDS = ["epoch", "train_loss", "train_rel_l2", "grad_norm", "learning_rate", "test_rel_l2", "seconds"]
+
+
+class RunConfigMismatch(RuntimeError):
+    """The run folder already holds a run with other settings."""
+
+
+def resolve_config(dataset_dir: str | Path, model: str, seed: int, overrides: Mapping[str, Any] | None = None) -> dict:
+    """The run's full settings: the model's paper settings for the dataset, then ``overrides``.
+
+    ``overrides`` has optional ``model`` and ``train`` sections.
+    """
+    dataset_dir = Path(dataset_dir)
+    meta = StandardDataset(dataset_dir / "test.h5").meta  # small split: only the metadata is needed
+    overrides = dict(overrides or {})
+    unknown = set(overrides) - {"model", "train"}
+    if unknown:
+        raise ValueError(f"unknown override section(s) {sorted(unknown)}; allowed: model, train")
+    settings = deep_merge(model_settings(model, meta.name), overrides)
+    train_cfg = TrainConfig.from_dict(settings["train"])
+    return {
+        "dataset": meta.name,
+        "dataset_dir": str(dataset_dir),
+        "model": model,
+        "seed": int(seed),
+        "in_channels": meta.in_channels,
+        "out_channels": meta.out_channels,
+        "model_hparams": dict(settings["model"]),
+        "train": train_cfg.to_dict(),
+    }
+
+
+def _compare_configs(saved: dict, resolved: dict, run_dir: Path) -> None:
+    ignore = {("train", "device")}
+    diffs = []
+    for key in sorted(set(saved) | set(resolved)):
+        a, b = saved.get(key), resolved.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            for sub in sorted(set(a) | set(b)):
+                if (key, sub) not in ignore and a.get(sub) != b.get(sub):
+                    diffs.append(f"{key}.{sub}: {a.get(sub)!r} -> {b.get(sub)!r}")
+        elif key != "dataset_dir" and a != b:
+            diffs.append(f"{key}: {a!r} -> {b!r}")
+    if diffs:
+        raise RunConfigMismatch(
+            f"{run_dir} holds a run with other settings ({'; '.join(diffs)}); "
+            "delete the folder or choose another --out to start afresh"
+        )
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """Trains one model on one dataset, writing checkpoints and metrics into ``run_dir``."""
+
+    def __init__(self, config: dict, run_dir: str | Path, progress: bool = True):
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.cfg = TrainConfig.from_dict(config["train"])
+        self.progress = progress
+        self.device = pick_device(self.cfg.device)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = self.cfg.tf32
+            torch.backends.cudnn.allow_tf32 = self.cfg.tf32
+
+        seed_everything(config["seed"])
+        self.train_set, self.test_set = load_splits(config["dataset_dir"])
+        meta = self.train_set.meta
+        if (meta.in_channels, meta.out_channels) != (config["in_channels"], config["out_channels"]):
+            raise ValueError(
+                f"dataset {config['dataset_dir']} has {meta.in_channels} input / {meta.out_channels} output "
+                f"channels, the run was configured for {config['in_channels']} / {config['out_channels']}"
+            )
+        self.grid_shape = tuple(meta.grid_shape)
+        if self.cfg.derivative_loss_weight and len(self.grid_shape) != 2:
+            raise ValueError(
+                f"derivative_loss_weight needs a 2-D structured grid; dataset {meta.name!r} has grid_shape "
+                f"{list(self.grid_shape)}. Set train.derivative_loss_weight: 0 for this dataset"
+            )
+        self.steps_per_epoch = len(self.train_set) // self.cfg.batch_size
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"batch_size {self.cfg.batch_size} exceeds the {len(self.train_set)} training samples of "
+                f"{config['dataset_dir']}"
+            )
+        self.model = build(config["model"], meta.in_channels, meta.out_channels, **config["model_hparams"])
+        self.model.to(self.device)
+        self.optimizer = make_optimizer(self.model, self.cfg)
+        self.scheduler = make_scheduler(self.optimizer, self.cfg, self.steps_per_epoch)
+        self.y_norm = self.train_set.y_normalizer.to(self.device)
+        self.epoch = 0
+        self.history: list[dict] = []
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": self.epoch,
+            "rng": rng_state(),
+            "history": self.history,
+            "config": self.config,
+        }
+
+    def load_state(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch = state["epoch"]
+        self.history = list(state["history"])
+        set_rng_state(state["rng"])
+
+    def resume(self) -> bool:
+        """Continue from the latest loadable checkpoint, if there is one."""
+        found = load_latest(self.run_dir)
+        if found is None:
+            return False
+        index, state = found
+        self.load_state(state)
+        log.info("resumed from %s at epoch %d", checkpoint_path(self.run_dir, index), self.epoch)
+        return True
+
+    # -- training ----------------------------------------------------------------------------
+    def epoch_order(self, epoch: int) -> torch.Tensor:
+        """Shuffled sample order of ``epoch``, a function of (seed, epoch) only, so a resumed run sees
+        the same batches as an uninterrupted one."""
+        generator = torch.Generator().manual_seed(self.config["seed"] * 1_000_003 + epoch)
+        return torch.randperm(len(self.train_set), generator=generator)
+
+    def loss(self, pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training loss on decoded values and the plain relative L2, both averaged over the batch."""
+        pred, target = self.y_norm.decode(pred), self.y_norm.decode(target)
+        per_sample = relative_l2_with_gradients(pred, target, self.grid_shape, self.cfg.derivative_loss_weight)
+        with torch.no_grad():
+            rel = relative_l2_with_gradients(pred, target, self.grid_shape, 0.0)
+        return per_sample.mean(), rel.mean()
+
+    def train_epoch(self, epoch: int) -> dict:
+        self.model.train()
+        order = self.epoch_order(epoch)
+        totals = {"train_loss": 0.0, "train_rel_l2": 0.0, "grad_norm": 0.0}
+        bs = self.cfg.batch_size
+        for step in range(self.steps_per_epoch):
+            x, y = self.train_set.batch(order[step * bs : (step + 1) * bs].tolist())
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            loss, rel = self.loss(self.model(x), y)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}; the latest good checkpoint "
+                    f"in {self.run_dir} is kept"
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            max_norm = self.cfg.clip_grad_norm if self.cfg.clip_grad_norm > 0 else math.inf
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            totals["train_loss"] += loss.item()
+            totals["train_rel_l2"] += rel.item()
+            totals["grad_norm"] += float(grad_norm)
+        return {k: v / self.steps_per_epoch for k, v in totals.items()}
+
+    def fit(self) -> dict:
+        """Train to the configured number of epochs (resuming if possible) and write the results."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        config_file = self.run_dir / "config.yaml"
+        if config_file.exists():
+            _compare_configs(yaml.safe_load(config_file.read_text()), self.config, self.run_dir)
+        config_file.write_text(yaml.safe_dump(self.config, sort_keys=False))
+        self.resume()
+
+        ckpt_at = checkpoint_epochs(self.cfg.epochs, self.cfg.num_checkpoints)
+        if self.epoch == 0:
+            save_atomic(self.state(), checkpoint_path(self.run_dir, 0))
+        bar = tqdm(
+            total=self.cfg.epochs, initial=self.epoch, desc=f"{self.config['model']}/{self.config['dataset']}",
+            unit="epoch", file=sys.stderr, disable=not self.progress, mininterval=1.0,
+        )
+        while self.epoch < self.cfg.epochs:
+            start = time.perf_counter()
+            row = {"epoch": self.epoch + 1, **self.train_epoch(self.epoch)}
+            row["learning_rate"] = self.scheduler.get_last_lr()[0]
+            self.epoch += 1
+            row["seconds"] = time.perf_counter() - start
+            checkpoints_now = [k for k, e in enumerate(ckpt_at) if e == self.epoch and k > 0]
+            row["test_rel_l2"] = self.test_error() if checkpoints_now else float("nan")
+            self.history.append(row)
+            for k in checkpoints_now[-1:]:
+                save_atomic(self.state(), checkpoint_path(self.run_dir, k))
+            bar.set_postfix(loss=f"{row['train_loss']:.4f}", test=f"{row['test_rel_l2']:.4f}")
+            bar.update(1)
+        bar.close()
+        return self.finish()
+
+    def test_error(self) -> float:
+        return float(per_sample_relative_l2(self.model, self.test_set, self.device, self.cfg.eval_batch_size).mean())
+
+    def finish(self) -> dict:
+        """Write history, final weights, statistics and the relative errors (the last marks completion)."""
+        with open(self.run_dir / "history.csv", "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=HISTORY_FIELDS)
+            writer.writeheader()
+            writer.writerows(self.history)
+        save_atomic({"model": self.model.state_dict(), "config": self.config}, self.run_dir / "model.pt")
+        seconds = [row["seconds"] for row in self.history]
+        stats = {
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "device": str(self.device),
+            "epochs": self.epoch,
+            "steps_per_epoch": self.steps_per_epoch,
+            "seconds_per_epoch": float(np.median(seconds)) if seconds else None,
+            "seconds_per_step": float(np.median(seconds)) / self.steps_per_epoch if seconds else None,
+        }
+        (self.run_dir / "model_stats.json").write_text(json.dumps(stats, indent=2))
+        errors = {
+            "train_rel_l2": float(per_sample_relative_l2(self.model, self.train_set, self.device,
+                                                         self.cfg.eval_batch_size).mean()),
+            "test_rel_l2": self.test_error(),
+        }
+        tmp = self.run_dir / ".rel_error.json.tmp"
+        tmp.write_text(json.dumps(errors, indent=2))
+        tmp.replace(self.run_dir / "rel_error.json")
+        return errors
+
+
+def train(
+    dataset_dir: str | Path,
+    model: str,
+    seed: int,
+    out_dir: str | Path,
+    overrides: Mapping[str, Any] | None = None,
+    progress: bool = True,
+) -> dict:
+    """Train ``model`` on the dataset in ``dataset_dir`` with ``seed``; resumes a run found in ``out_dir``."""
+    config = resolve_config(dataset_dir, model, seed, overrides)
+    return Trainer(config, out_dir, progress=progress).fit()

@@ -1,0 +1,100 @@
+"""The standard dataset format: round trip, train-only normalisation, variable sizes, clear errors."""
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from flare.data.format import DatasetFormatError, read_split, write_dataset
+from flare.data.loader import StandardDataset, load_splits
+from flare.data.normalize import GaussianNormalizer
+from tests.conftest import point_cloud_meta
+
+
+def test_round_trip_of_variable_size_samples(variable_size_dataset):
+    folder, splits = variable_size_dataset
+    for split, (xs, ys) in splits.items():
+        data = read_split(folder / f"{split}.h5")
+        assert len(data) == len(xs) and data.split == split and not data.fixed_size
+        for i, (x, y) in enumerate(zip(xs, ys)):
+            got_x, got_y = data.sample(i)
+            np.testing.assert_allclose(got_x, x, rtol=1e-6)
+            np.testing.assert_allclose(got_y, y, rtol=1e-6)
+    with h5py.File(folder / "train.h5") as f:
+        assert f.attrs["points_per_sample"] == -1 and f.attrs["name"] == "cloud"
+
+
+def test_normaliser_statistics_come_from_the_train_split_only(variable_size_dataset):
+    folder, splits = variable_size_dataset
+    train_y = np.concatenate(splits["train"][1])
+    for split in ("train", "test"):  # both files carry the train statistics
+        data = read_split(folder / f"{split}.h5")
+        np.testing.assert_allclose(data.y_normalizer.mean.numpy(), train_y.mean(0), rtol=1e-5)
+        np.testing.assert_allclose(data.y_normalizer.std.numpy(), train_y.std(0), rtol=1e-5)
+
+
+def test_loader_normalises_and_decodes_back(variable_size_dataset):
+    folder, splits = variable_size_dataset
+    train, test = load_splits(folder)
+    x, y = test[1]
+    assert x.shape == (3, 2) and y.shape == (3, 1)
+    np.testing.assert_allclose(test.y_normalizer.decode(y).numpy(), splits["test"][1][1], rtol=1e-5)
+    all_train_y = torch.cat([train[i][1] for i in range(len(train))])
+    assert abs(all_train_y.mean().item()) < 1e-5 and abs(all_train_y.std(unbiased=False).item() - 1) < 1e-4
+    with pytest.raises(ValueError, match="different point counts"):
+        train.batch([0, 1])
+    xb, _ = train.batch([1, 3])  # equal sizes stack
+    assert xb.shape == (2, 9, 2)
+
+
+def test_only_selected_input_channels_are_normalised(tiny_darcy):
+    train = StandardDataset(tiny_darcy / "train.h5")
+    assert train.meta.input_channels == ["x", "y", "permeability"] and train.meta.grid_shape == [9, 9]
+    norm = train.x_normalizer
+    assert norm.mean[:2].tolist() == [0, 0] and norm.std[:2].tolist() == [1, 1]
+    permeability = train.data.x[:, 2]
+    assert set(np.unique(permeability)) <= {3.0, 12.0}
+    assert norm.mean[2].item() == pytest.approx(permeability.mean(), rel=1e-5)
+    x, _ = train.batch([0, 1, 2])
+    assert x.shape == (3, 81, 3)
+
+
+def test_gaussian_normalizer_inverse():
+    values = np.random.default_rng(0).normal(3.0, 2.0, size=(100, 2))
+    norm = GaussianNormalizer.fit(values, mask=[True, False])
+    t = torch.from_numpy(values).float()
+    torch.testing.assert_close(norm.decode(norm.encode(t)), t)
+    assert norm.std[1] == 1 and norm.mean[1] == 0
+
+
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        ("nan", r"train sample 1: y contains NaN"),
+        ("channels", r"train sample 0: x has shape \(5, 3\), expected \[points, 2\]"),
+        ("points", r"test sample 0: 6 input points but 4 output points"),
+    ],
+)
+def test_bad_samples_are_named_and_nothing_is_written(tmp_path, bad, match):
+    rng = np.random.default_rng(0)
+    xs = [rng.normal(size=(5, 2)) for _ in range(2)]
+    ys = [rng.normal(size=(5, 1)) for _ in range(2)]
+    test = ([rng.normal(size=(6, 2))], [rng.normal(size=(6, 1))])
+    if bad == "nan":
+        ys[1][2, 0] = np.nan
+    elif bad == "channels":
+        xs[0] = rng.normal(size=(5, 3))
+    else:
+        test = ([rng.normal(size=(6, 2))], [rng.normal(size=(4, 1))])
+    with pytest.raises(DatasetFormatError, match=match):
+        write_dataset(tmp_path / "d", point_cloud_meta(), (xs, ys), test)
+    assert not list((tmp_path / "d").glob("*.h5"))
+
+
+def test_unreadable_files_are_named(tmp_path, variable_size_dataset):
+    folder, _ = variable_size_dataset
+    with pytest.raises(FileNotFoundError, match="missing.h5"):
+        read_split(tmp_path / "missing.h5")
+    truncated = tmp_path / "truncated.h5"
+    truncated.write_bytes((folder / "train.h5").read_bytes()[:300])
+    with pytest.raises(DatasetFormatError, match="truncated.h5"):
+        read_split(truncated)

@@ -1,0 +1,207 @@
+"""Correctness of the fused Triton FLARE mixer against the explicit float64 reference.
+
+Without CUDA the kernels run under the Triton interpreter on CPU tensors; the environment
+variable has to be set before triton (and flare.ops.triton_mixer) is first imported.
+"""
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+from flare.ops.reference import flare_mixer_explicit  # noqa: E402
+from flare.ops import triton_mixer as tm  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not tm.triton_available(), reason="triton is not importable")
+
+ON_GPU = torch.cuda.is_available()
+DEVICE = "cuda" if ON_GPU else "cpu"
+INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
+gpu_only = pytest.mark.skipif(not ON_GPU, reason="needs a CUDA device")
+
+# (B, H, M, N, D, q shared over the batch)
+SHAPES = [
+    (1, 1, 16, 37, 4, True),
+    (2, 3, 20, 64, 8, False),
+    (1, 2, 33, 100, 16, True),
+    (2, 1, 16, 129, 32, False),
+    (1, 1, 17, 50, 64, True),
+]
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    a = a.detach().double()
+    b = b.detach().double()
+    assert torch.isfinite(a).all(), "non-finite values"
+    return ((a - b).norm() / b.norm()).item()
+
+
+def make_inputs(B, H, M, N, D, shared_q, dtype, seed, device=DEVICE):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn((H, M, D) if shared_q else (B, H, M, D), generator=g)
+    k = torch.randn((B, H, N, D), generator=g)
+    v = torch.randn((B, H, N, D), generator=g)
+    dy = torch.randn((B, H, N, D), generator=g)
+    return [t.to(device=device, dtype=dtype) for t in (q, k, v, dy)]
+
+
+def run_triton(q, k, v, dy, **kw):
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    y = tm.flare_mixer_triton_impl(*leaves, **kw)
+    y.backward(dy)
+    return y.detach(), [t.grad for t in leaves]
+
+
+def run_reference(q, k, v, dy):
+    leaves = [t.detach().double().clone().requires_grad_() for t in (q, k, v)]
+    y = flare_mixer_explicit(*leaves)
+    y.backward(dy.double())
+    return y.detach(), [t.grad for t in leaves]
+
+
+def check(q, k, v, dy, tol, **kw):
+    y, grads = run_triton(q, k, v, dy, **kw)
+    y_ref, grads_ref = run_reference(q, k, v, dy)
+    assert y.shape == y_ref.shape and y.dtype == k.dtype
+    errs = {"y": rel_err(y, y_ref)}
+    for name, g, gr, inp in zip("qkv", grads, grads_ref, (q, k, v)):
+        assert g.shape == inp.shape and g.dtype == inp.dtype, name
+        errs["d" + name] = rel_err(g, gr)
+    assert max(errs.values()) < tol, errs
+    return y, grads
+
+
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    if ON_GPU:
+        old = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = False
+        yield
+        torch.backends.cuda.matmul.allow_tf32 = old
+    else:
+        yield
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}H{}M{}N{}D{}{}".format(*s[:5], "q3" if s[5] else "q4"))
+def test_fp32_values_and_grads(shape):
+    q, k, v, dy = make_inputs(*shape, torch.float32, seed=hash(shape) % 1000)
+    check(q, k, v, dy, tol=1e-5)
+
+
+@pytest.mark.parametrize("shared_q", [True, False])
+def test_q_layouts(shared_q):
+    q, k, v, dy = make_inputs(2, 2, 24, 70, 16, shared_q, torch.float32, seed=7)
+    check(q, k, v, dy, tol=1e-5)
+
+
+def test_split_n_merge_matches_single_chunk():
+    q, k, v, dy = make_inputs(2, 2, 20, 150, 16, True, torch.float32, seed=11)
+    y1, g1 = run_triton(q, k, v, dy, num_chunks=1)
+    for chunks in (2, 3, 5):
+        yc, gc = run_triton(q, k, v, dy, num_chunks=chunks)
+        assert rel_err(yc, y1) < 1e-6
+        for a, b in zip(gc, g1):
+            assert rel_err(a, b) < 1e-6
+    check(q, k, v, dy, tol=1e-5, num_chunks=5)
+
+
+def test_chunk_split_covers_all_tokens():
+    for N in (1, 37, 128, 129, 1000, 4097):
+        for bn in (16, 64):
+            for want in (1, 2, 3, 7, 1000):
+                c, chunk_len = tm._split_n(N, bn, want)
+                assert chunk_len % bn == 0 and c >= 1
+                assert (c - 1) * chunk_len < N <= c * chunk_len
+
+
+def test_many_latent_tiles_config():
+    """Latents spread over several tiles in every kernel (multi-tile dQ path of the main backward)."""
+    cfg = tm.MixerConfig(
+        gather=tm.KernelCfg(16, 16), scatter=tm.KernelCfg(16, 32),
+        bwd_scatter=tm.KernelCfg(16, 16), bwd_main=tm.KernelCfg(16, 16),
+        merge_block_m=16, programs_per_sm=1, min_tiles_per_chunk=1,
+    )
+    q, k, v, dy = make_inputs(1, 2, 50, 90, 8, False, torch.float32, seed=3)
+    check(q, k, v, dy, tol=1e-5, config=cfg, num_chunks=3)
+
+
+def test_non_contiguous_inputs():
+    B, H, M, N, D = 2, 2, 20, 60, 16
+    g = torch.Generator().manual_seed(5)
+    qkv = torch.randn((B, N, 2, H, D), generator=g).to(DEVICE)  # [B, N, (k|v), H, D] like a fused projection
+    k = qkv[:, :, 0].transpose(1, 2)
+    v = qkv[:, :, 1].transpose(1, 2)
+    q = torch.randn((M, H, D), generator=g).to(DEVICE).transpose(0, 1)
+    dy = torch.randn((B, H, N, D), generator=g).to(DEVICE)
+    assert not k.is_contiguous() and not q.is_contiguous()
+    check(q, k, v, dy, tol=1e-5)
+
+
+def test_large_logits_no_overflow():
+    q, k, v, dy = make_inputs(1, 1, 16, 80, 16, True, torch.float32, seed=9)
+    check(q * 4.0, k * 4.0, v, dy, tol=1e-5)
+
+
+def test_fp16():
+    q, k, v, dy = make_inputs(2, 2, 33, 100, 16, True, torch.float16, seed=13)
+    check(q, k, v, dy, tol=1e-2)
+
+
+@pytest.mark.skipif(INTERPRETED, reason="the Triton interpreter's tl.dot multiplies bf16 bit patterns (triton 3.9); bf16 is tested on GPU")
+def test_bf16():
+    q, k, v, dy = make_inputs(2, 2, 33, 100, 16, True, torch.bfloat16, seed=17)
+    check(q, k, v, dy, tol=1e-2)
+
+
+def test_bad_inputs():
+    q, k, v, _ = make_inputs(1, 2, 16, 20, 8, True, torch.float32, seed=1)
+    with pytest.raises(ValueError):
+        tm.flare_mixer_triton(q[:1], k, v)
+    with pytest.raises(ValueError):
+        tm.flare_mixer_triton(q, k, v[..., :4])
+    with pytest.raises(ValueError):
+        tm.flare_mixer_triton(q.double(), k, v)
+
+
+def test_public_function_matches_reference():
+    q, k, v, _ = make_inputs(1, 2, 16, 45, 8, True, torch.float32, seed=2)
+    y = tm.flare_mixer_triton(q, k, v)
+    assert rel_err(y, flare_mixer_explicit(q.double(), k.double(), v.double())) < 1e-5
+
+
+# ---------------------------------------------------------------- GPU-only (real kernels, tuned tiles)
+GPU_SHAPES = [
+    (1, 8, 64, 5000, 16, True),
+    (2, 4, 256, 3001, 16, True),
+    (2, 16, 256, 7225, 4, True),  # Darcy-like
+    (1, 2, 2048, 1000, 32, False),
+    (1, 2, 100, 777, 64, False),
+]
+
+
+@gpu_only
+@pytest.mark.parametrize("shape", GPU_SHAPES, ids=lambda s: "B{}H{}M{}N{}D{}".format(*s[:5]))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_gpu_sizes(shape, dtype):
+    q, k, v, dy = make_inputs(*shape, dtype, seed=21)
+    check(q, k, v, dy, tol=1e-5 if dtype == torch.float32 else 1e-2)
+
+
+@gpu_only
+def test_gpu_split_n_large():
+    q, k, v, dy = make_inputs(1, 2, 64, 1 << 16, 16, True, torch.bfloat16, seed=23)
+    y1, g1 = run_triton(q, k, v, dy, num_chunks=1)
+    y8, g8 = run_triton(q, k, v, dy, num_chunks=64)
+    assert rel_err(y8, y1) < 1e-2
+    for a, b in zip(g8, g1):
+        assert rel_err(a, b) < 1e-2
+
+
+@gpu_only
+def test_cpu_tensors_rejected_without_interpreter():
+    q, k, v, _ = make_inputs(1, 1, 16, 20, 8, True, torch.float32, seed=1, device="cpu")
+    with pytest.raises(RuntimeError):
+        tm.flare_mixer_triton(q, k, v)

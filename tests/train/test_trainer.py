@@ -1,0 +1,149 @@
+"""Trainer: checkpoints, exact resume, optimiser groups, schedule, losses, guards."""
+import json
+import math
+
+import pytest
+import torch
+import yaml
+
+from flare.metrics import grid_gradients, relative_l2, relative_l2_with_gradients
+from flare.models import build
+from flare.train import TrainConfig, Trainer, resolve_config, train
+from flare.train.checkpoint import checkpoint_epochs, list_checkpoints
+from flare.train.optim import make_optimizer, make_scheduler, parameter_groups
+from flare.train.trainer import RunConfigMismatch
+
+TINY = {"model": {"channel_dim": 8, "num_blocks": 1, "num_heads": 2, "num_latents": 4},
+        "train": {"epochs": 4, "batch_size": 4, "eval_batch_size": 8}}
+
+
+def final_weights(run_dir):
+    return torch.load(run_dir / "model.pt", weights_only=False)["model"]
+
+
+def test_run_writes_checkpoints_and_results(tiny_darcy, tmp_path):
+    overrides = {**TINY, "train": {**TINY["train"], "epochs": 10}}
+    errors = train(tiny_darcy, "flare", 0, tmp_path / "run", overrides, progress=False)
+    run = tmp_path / "run"
+    assert [i for i, _ in list_checkpoints(run)] == list(range(11))
+    state = torch.load(run / "ckpt05.pt", weights_only=False)
+    assert {"model", "optimizer", "scheduler", "rng", "epoch", "history", "config"} <= set(state)
+    assert state["epoch"] == 5 and torch.load(run / "ckpt10.pt", weights_only=False)["epoch"] == 10
+    assert json.loads((run / "rel_error.json").read_text()) == errors
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["model_hparams"]["num_latents"] == 4 and config["train"]["derivative_loss_weight"] == 0.1
+    stats = json.loads((run / "model_stats.json").read_text())
+    assert stats["parameters"] == sum(p.numel() for p in build("flare", 3, 1, **TINY["model"]).parameters())
+    assert len((run / "history.csv").read_text().splitlines()) == 11
+
+
+def test_checkpoint_epochs_are_evenly_spaced():
+    assert checkpoint_epochs(500) == [0, 50, 100, 150, 200, 250, 300, 350, 400, 450, 500]
+    assert checkpoint_epochs(4) == [0, 0, 1, 1, 2, 2, 2, 3, 3, 4, 4]
+
+
+def test_interrupted_run_resumes_to_identical_weights(tiny_darcy, tmp_path, monkeypatch):
+    train(tiny_darcy, "flare", 3, tmp_path / "straight", TINY, progress=False)
+
+    original = Trainer.train_epoch
+
+    def crash_in_epoch_three(self, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt("simulated kill")
+        return original(self, epoch)
+
+    monkeypatch.setattr(Trainer, "train_epoch", crash_in_epoch_three)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_darcy, "flare", 3, tmp_path / "resumed", TINY, progress=False)
+    assert not (tmp_path / "resumed" / "model.pt").exists()
+    assert max(i for i, _ in list_checkpoints(tmp_path / "resumed")) == 6  # ckpt06 is the one of epoch 2 of 4
+    monkeypatch.setattr(Trainer, "train_epoch", original)
+    train(tiny_darcy, "flare", 3, tmp_path / "resumed", TINY, progress=False)
+
+    a, b = final_weights(tmp_path / "straight"), final_weights(tmp_path / "resumed")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_different_seeds_give_different_runs(tiny_darcy, tmp_path):
+    train(tiny_darcy, "flare", 0, tmp_path / "s0", TINY, progress=False)
+    train(tiny_darcy, "flare", 1, tmp_path / "s1", TINY, progress=False)
+    a, b = final_weights(tmp_path / "s0"), final_weights(tmp_path / "s1")
+    assert not all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_corrupted_latest_checkpoint_falls_back_with_warning(tiny_darcy, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_darcy, "flare", 0, run, TINY, progress=False)
+    reference = final_weights(run)
+    (run / "model.pt").unlink()
+    (run / "ckpt10.pt").write_bytes(b"torn write")
+    with pytest.warns(UserWarning, match="ckpt10.pt is unreadable"):
+        train(tiny_darcy, "flare", 0, run, TINY, progress=False)
+    resumed = final_weights(run)
+    assert all(torch.equal(reference[k], resumed[k]) for k in reference)
+
+
+def test_changed_settings_in_an_existing_run_folder_are_refused(tiny_darcy, tmp_path):
+    train(tiny_darcy, "flare", 0, tmp_path / "run", TINY, progress=False)
+    other = {**TINY, "model": {**TINY["model"], "num_latents": 8}}
+    with pytest.raises(RunConfigMismatch, match=r"model_hparams.num_latents: 4 -> 8"):
+        train(tiny_darcy, "flare", 0, tmp_path / "run", other, progress=False)
+
+
+def test_nan_loss_stops_with_the_step_named(tiny_darcy, tmp_path, monkeypatch):
+    config = resolve_config(tiny_darcy, "flare", 0, TINY)
+    trainer = Trainer(config, tmp_path / "run", progress=False)
+    monkeypatch.setattr(trainer, "loss", lambda p, t: (torch.tensor(math.nan), torch.tensor(0.0)))
+    with pytest.raises(FloatingPointError, match="epoch 1, step 1"):
+        trainer.fit()
+    assert (tmp_path / "run" / "ckpt00.pt").exists()
+
+
+def test_no_weight_decay_on_biases_norms_and_latents():
+    model = build("flare", 3, 1, channel_dim=8, num_blocks=2, num_heads=2, num_latents=4)
+    decay, no_decay = parameter_groups(model, 1e-5)
+    names = {id(p): n for n, p in model.named_parameters()}
+    no_decay_names = {names[id(p)] for p in no_decay["params"]}
+    assert {n for n in no_decay_names if "latent" in n} == {"blocks.0.mixer.latent_queries",
+                                                             "blocks.1.mixer.latent_queries"}
+    assert all(n.endswith(("bias", "weight")) for n in no_decay_names)
+    assert all(names[id(p)].endswith("weight") and p.ndim == 2 for p in decay["params"])
+    assert not any("norm" in names[id(p)] for p in decay["params"])
+    assert decay["weight_decay"] == 1e-5 and no_decay["weight_decay"] == 0.0
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_one_cycle_schedule_follows_the_paper_settings():
+    model = torch.nn.Linear(2, 2)
+    cfg = TrainConfig(epochs=10, learning_rate=1e-3)
+    opt = make_optimizer(model, cfg)
+    sched = make_scheduler(opt, cfg, steps_per_epoch=10)
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(1e-3 / 1e4)
+    assert max(lrs) == pytest.approx(1e-3) and lrs.index(max(lrs)) in (9, 10)  # peak after 10%
+    assert lrs[-1] == pytest.approx(1e-7 / 1e4, rel=0.5, abs=1e-9)
+
+
+def test_train_config_rejects_unknown_keys_and_wrong_types():
+    with pytest.raises(ValueError, match=r"unknown training setting\(s\) \['epoch'\]"):
+        TrainConfig.from_dict({"epoch": 3})
+    with pytest.raises(TypeError, match="'batch_size' must be int"):
+        TrainConfig.from_dict({"batch_size": "2"})
+    assert TrainConfig.from_dict({"learning_rate": 1}).learning_rate == 1.0
+
+
+def test_relative_l2_and_grid_gradients():
+    target = torch.tensor([[[3.0], [4.0]]])
+    assert relative_l2(torch.zeros_like(target), target).item() == pytest.approx(1.0)
+    assert relative_l2(target * 1.1, target).item() == pytest.approx(0.1)
+    xs, ys = torch.meshgrid(torch.arange(5.0), torch.arange(4.0), indexing="ij")
+    u = (2 * xs + 3 * ys).reshape(1, 20, 1)
+    dx, dy = grid_gradients(u, (5, 4))
+    assert (dx[0, 1:-1, 1:-1] == 2).all() and (dy[0, 1:-1, 1:-1] == 3).all()
+    assert dx[0, 0].abs().sum() == 0 and dy[0, :, -1].abs().sum() == 0  # boundary zeroed
+    pred = u + 1.0  # a constant shift leaves the gradients untouched
+    torch.testing.assert_close(relative_l2_with_gradients(pred, u, (5, 4), 0.1), relative_l2(pred, u))

@@ -1,0 +1,102 @@
+"""The Snakemake workflow: DAGs of the shipped configs, config validation, lint, a tiny real run."""
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
+
+
+def snakemake(workdir, *args, check=True):
+    result = subprocess.run([*SNAKEMAKE, "--directory", str(workdir), *args],
+                            capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The 'Job stats' table of a snakemake run or dry run."""
+    table = output.split("Job stats:")[1]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+
+def write_config(path, **changes):
+    config = yaml.safe_load((REPO / "tests/configs/tiny.yaml").read_text())
+    config.update(changes)
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_paper_config_dry_run_lists_darcy_flare_three_seeds(tmp_path):
+    out = snakemake(tmp_path, "-n", "--printshellcmds").stdout
+    counts = job_counts(out)
+    assert counts["train"] == 3 and counts["evaluate"] == 3 and counts["download_darcy"] == 2
+    for seed in (0, 1, 2):
+        assert f"--model flare --seed {seed} --out results/runs/darcy/flare/seed{seed}" in out
+    assert "piececonst_r421_N1024_smooth1.mat" in out
+
+
+def test_missing_paper_files_fail_with_where_to_put_them(tmp_path):
+    result = snakemake(tmp_path, "--cores", "1", "resources/darcy/piececonst_r421_N1024_smooth1.mat", check=False)
+    assert result.returncode != 0
+    log = (tmp_path / "results/logs/download_darcy/r421_N1024_smooth1.log").read_text()
+    assert "Place it at resources/darcy/piececonst_r421_N1024_smooth1.mat" in log
+
+
+def test_lint_reports_nothing(tmp_path):
+    result = snakemake(REPO, "--lint")
+    assert "Congratulations" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    "changes,message",
+    [
+        ({"sedes": [0]}, r"'sedes' was unexpected"),
+        ({"seeds": "0"}, r"'0' is not of type 'array'"),
+        ({"seeds": []}, r"\[\] should be non-empty"),
+        ({"models": ["flair"]}, r"unknown model 'flair'; allowed: flare"),
+        ({"datasets": {"darcy": {"source": "ftp"}}}, r"'ftp' is not one of \['download', 'generate', 'local'\]"),
+        ({"train": {"epoch": 3}}, r"'epoch' is not one of"),
+    ],
+)
+def test_invalid_config_stops_before_any_job(tmp_path, changes, message):
+    config = write_config(tmp_path / "bad.yaml", **changes)
+    result = snakemake(tmp_path, "-n", "--configfile", str(config), check=False)
+    assert result.returncode != 0
+    assert re.search(message, result.stdout + result.stderr), result.stdout + result.stderr
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.slow
+def test_tiny_workflow_end_to_end(tmp_path):
+    config = REPO / "tests/configs/tiny.yaml"
+    snakemake(tmp_path, "--cores", "2", "--configfile", str(config))
+    table = pd.read_csv(tmp_path / "results/tables/relative_l2.csv")
+    assert set(table["model"]) == {"flare", "mean_field"}
+    flare_row = table[table["model"] == "flare"].iloc[0]
+    assert flare_row["seeds"] == 2 and flare_row["paper_rel_l2_e3"] == 5.10
+    md = (tmp_path / "results/tables/relative_l2.md").read_text()
+    assert "FLARE" in md and "mean field" in md and "(paper 5.1)" in md
+    assert r"\begin{table}" in (tmp_path / "results/tables/relative_l2.tex").read_text()
+    for ext in ("png", "pdf"):
+        assert (tmp_path / f"results/figures/relative_l2.{ext}").stat().st_size > 1000
+    for seed in (0, 1):
+        run = tmp_path / f"results/runs/darcy/flare/seed{seed}"
+        assert (run / "ckpt10.pt").exists() and (run / "eval.json").exists()
+        assert (tmp_path / f"results/logs/train/darcy/flare/seed{seed}.log").exists()
+
+    again = snakemake(tmp_path, "--cores", "2", "--configfile", str(config))
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+    figure = tmp_path / "results/figures/relative_l2.png"
+    figure.unlink()
+    rebuilt = snakemake(tmp_path, "results/figures/relative_l2.png", "--cores", "2", "--configfile", str(config))
+    assert job_counts(rebuilt.stdout + rebuilt.stderr) == {"relative_l2_figure": 1, "total": 1}
+    assert figure.exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -158,8 +159,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from flare.train.trainer import TrainingInterrupted
+
     try:
         args.func(args)
+    except TrainingInterrupted as err:
+        print(f"flare {args.command}: {err}", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except (FileNotFoundError, KeyError, ValueError, TypeError, RuntimeError) as err:
         if args.verbose:
             raise

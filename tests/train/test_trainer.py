@@ -76,6 +76,7 @@ def test_corrupted_latest_checkpoint_falls_back_with_warning(tiny_darcy, tmp_pat
     train(tiny_darcy, "flare", 0, run, TINY, progress=False)
     reference = final_weights(run)
     (run / "model.pt").unlink()
+    (run / "latest.pt").write_bytes(b"torn write")
     (run / "ckpt10.pt").write_bytes(b"torn write")
     with pytest.warns(UserWarning, match="ckpt10.pt is unreadable"):
         train(tiny_darcy, "flare", 0, run, TINY, progress=False)
@@ -106,7 +107,7 @@ def test_no_weight_decay_on_biases_norms_and_latents():
     no_decay_names = {names[id(p)] for p in no_decay["params"]}
     assert {n for n in no_decay_names if "latent" in n} == {"blocks.0.mixer.latent_queries",
                                                              "blocks.1.mixer.latent_queries"}
-    assert all(n.endswith(("bias", "weight")) for n in no_decay_names)
+    assert all(n.endswith(("bias", "weight", "latent_queries")) for n in no_decay_names)
     assert all(names[id(p)].endswith("weight") and p.ndim == 2 for p in decay["params"])
     assert not any("norm" in names[id(p)] for p in decay["params"])
     assert decay["weight_decay"] == 1e-5 and no_decay["weight_decay"] == 0.0

@@ -64,11 +64,38 @@ def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def load_latest(run_dir: str | Path) -> tuple[int, dict[str, Any]] | None:
-    """The newest checkpoint that loads, as ``(index, state)``; unreadable ones are skipped with a warning."""
-    for index, path in reversed(list_checkpoints(run_dir)):
-        try:
-            return index, torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as err:  # a torn or corrupted file: fall back to the previous one
-            warnings.warn(f"checkpoint {path} is unreadable ({err}); falling back to an earlier one")
-    return None
+LATEST = "latest.pt"
+
+
+def _progress(state: dict[str, Any]) -> tuple[int, int]:
+    return state["epoch"], state.get("step_in_epoch", 0)
+
+
+def _try_load(path: Path) -> dict[str, Any] | None:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # a torn or corrupted file: fall back to an earlier one
+        warnings.warn(f"checkpoint {path} is unreadable ({err}); falling back to an earlier one")
+        return None
+
+
+def load_latest(run_dir: str | Path) -> tuple[Path, dict[str, Any]] | None:
+    """The most advanced loadable checkpoint, as ``(path, state)``.
+
+    Candidates are ``latest.pt`` (written every epoch and on SIGTERM, possibly mid-epoch) and the
+    newest readable ``ckptNN.pt``; unreadable files are skipped with a warning.
+    """
+    found = []
+    latest = Path(run_dir) / LATEST
+    if latest.exists():
+        state = _try_load(latest)
+        if state is not None:
+            found.append((latest, state))
+    for _, path in reversed(list_checkpoints(run_dir)):
+        state = _try_load(path)
+        if state is not None:
+            found.append((path, state))
+            break
+    if not found:
+        return None
+    return max(found, key=lambda item: _progress(item[1]))

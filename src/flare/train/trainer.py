@@ -11,7 +11,9 @@ import json
 import logging
 import math
 import random
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -27,6 +29,7 @@ from flare.metrics import relative_l2_with_gradients
 from flare.models import build
 from flare.settings import deep_merge, model_settings
 from flare.train.checkpoint import (
+    LATEST,
     checkpoint_epochs,
     checkpoint_path,
     load_latest,
@@ -44,6 +47,10 @@ HISTORY_FIELDS = ["epoch", "train_loss", "train_rel_l2", "grad_norm", "learning_
 
 class RunConfigMismatch(RuntimeError):
     """The run folder already holds a run with other settings."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGTERM arrived (e.g. SLURM preemption); a checkpoint was written and a rerun resumes."""
 
 
 def resolve_config(dataset_dir: str | Path, model: str, seed: int, overrides: Mapping[str, Any] | None = None) -> dict:
@@ -133,8 +140,11 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, self.cfg)
         self.scheduler = make_scheduler(self.optimizer, self.cfg, self.steps_per_epoch)
         self.y_norm = self.train_set.y_normalizer.to(self.device)
-        self.epoch = 0
+        self.epoch = 0  # completed epochs
+        self.step_in_epoch = 0  # completed steps of the current epoch (non-zero only after SIGTERM)
+        self.epoch_totals: dict[str, float] = {}
         self.history: list[dict] = []
+        self._stop_requested = False
 
     # -- checkpoints -------------------------------------------------------------------------
     def state(self) -> dict:
@@ -143,6 +153,8 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "epoch_totals": dict(self.epoch_totals),
             "rng": rng_state(),
             "history": self.history,
             "config": self.config,
@@ -153,6 +165,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch = state["epoch"]
+        self.step_in_epoch = state.get("step_in_epoch", 0)
+        self.epoch_totals = dict(state.get("epoch_totals", {}))
         self.history = list(state["history"])
         set_rng_state(state["rng"])
 
@@ -161,9 +175,9 @@ class Trainer:
         found = load_latest(self.run_dir)
         if found is None:
             return False
-        index, state = found
+        path, state = found
         self.load_state(state)
-        log.info("resumed from %s at epoch %d", checkpoint_path(self.run_dir, index), self.epoch)
+        log.info("resumed from %s at epoch %d, step %d", path, self.epoch, self.step_in_epoch)
         return True
 
     # -- training ----------------------------------------------------------------------------
@@ -182,11 +196,16 @@ class Trainer:
         return per_sample.mean(), rel.mean()
 
     def train_epoch(self, epoch: int) -> dict:
+        """Run the steps of ``epoch`` from ``self.step_in_epoch`` on; returns the epoch's mean metrics.
+
+        On SIGTERM the state after the current step is saved to ``latest.pt`` and
+        :class:`TrainingInterrupted` is raised; a rerun continues with the next step.
+        """
         self.model.train()
         order = self.epoch_order(epoch)
-        totals = {"train_loss": 0.0, "train_rel_l2": 0.0, "grad_norm": 0.0}
+        totals = self.epoch_totals or {"train_loss": 0.0, "train_rel_l2": 0.0, "grad_norm": 0.0}
         bs = self.cfg.batch_size
-        for step in range(self.steps_per_epoch):
+        for step in range(self.step_in_epoch, self.steps_per_epoch):
             x, y = self.train_set.batch(order[step * bs : (step + 1) * bs].tolist())
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             loss, rel = self.loss(self.model(x), y)
@@ -204,7 +223,18 @@ class Trainer:
             totals["train_loss"] += loss.item()
             totals["train_rel_l2"] += rel.item()
             totals["grad_norm"] += float(grad_norm)
+            if self._stop_requested:
+                self.step_in_epoch, self.epoch_totals = step + 1, totals
+                save_atomic(self.state(), self.run_dir / LATEST)
+                raise TrainingInterrupted(
+                    f"stopped by SIGTERM at epoch {epoch + 1}, step {step + 1}; state saved to "
+                    f"{self.run_dir / LATEST}, run the same command again to resume"
+                )
+        self.step_in_epoch, self.epoch_totals = 0, {}
         return {k: v / self.steps_per_epoch for k, v in totals.items()}
+
+    def _request_stop(self, signum, frame) -> None:
+        self._stop_requested = True
 
     def fit(self) -> dict:
         """Train to the configured number of epochs (resuming if possible) and write the results."""
@@ -216,26 +246,33 @@ class Trainer:
         self.resume()
 
         ckpt_at = checkpoint_epochs(self.cfg.epochs, self.cfg.num_checkpoints)
-        if self.epoch == 0:
+        if self.epoch == 0 and self.step_in_epoch == 0:
             save_atomic(self.state(), checkpoint_path(self.run_dir, 0))
         bar = tqdm(
             total=self.cfg.epochs, initial=self.epoch, desc=f"{self.config['model']}/{self.config['dataset']}",
             unit="epoch", file=sys.stderr, disable=not self.progress, mininterval=1.0,
         )
-        while self.epoch < self.cfg.epochs:
-            start = time.perf_counter()
-            row = {"epoch": self.epoch + 1, **self.train_epoch(self.epoch)}
-            row["learning_rate"] = self.scheduler.get_last_lr()[0]
-            self.epoch += 1
-            row["seconds"] = time.perf_counter() - start
-            checkpoints_now = [k for k, e in enumerate(ckpt_at) if e == self.epoch and k > 0]
-            row["test_rel_l2"] = self.test_error() if checkpoints_now else float("nan")
-            self.history.append(row)
-            for k in checkpoints_now[-1:]:
-                save_atomic(self.state(), checkpoint_path(self.run_dir, k))
-            bar.set_postfix(loss=f"{row['train_loss']:.4f}", test=f"{row['test_rel_l2']:.4f}")
-            bar.update(1)
-        bar.close()
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        previous_handler = signal.signal(signal.SIGTERM, self._request_stop) if in_main_thread else None
+        try:
+            while self.epoch < self.cfg.epochs:
+                start = time.perf_counter()
+                row = {"epoch": self.epoch + 1, **self.train_epoch(self.epoch)}
+                row["learning_rate"] = self.scheduler.get_last_lr()[0]
+                self.epoch += 1
+                row["seconds"] = time.perf_counter() - start
+                checkpoints_now = [k for k, e in enumerate(ckpt_at) if e == self.epoch and k > 0]
+                row["test_rel_l2"] = self.test_error() if checkpoints_now else float("nan")
+                self.history.append(row)
+                for k in checkpoints_now[-1:]:
+                    save_atomic(self.state(), checkpoint_path(self.run_dir, k))
+                save_atomic(self.state(), self.run_dir / LATEST)
+                bar.set_postfix(loss=f"{row['train_loss']:.4f}", test=f"{row['test_rel_l2']:.4f}")
+                bar.update(1)
+        finally:
+            if in_main_thread:
+                signal.signal(signal.SIGTERM, previous_handler)
+            bar.close()
         return self.finish()
 
     def test_error(self) -> float:

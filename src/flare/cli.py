@@ -29,8 +29,19 @@ def parse_set(items: list[str]) -> dict:
         section, dot, name = key.partition(".")
         if not sep or not dot or not name:
             raise SystemExit(f"--set expects SECTION.KEY=VALUE (e.g. train.epochs=5); got {item!r}")
-        overrides.setdefault(section, {})[name] = yaml.safe_load(value)
+        overrides.setdefault(section, {})[name] = _parse_value(value)
     return overrides
+
+
+def _parse_value(text: str):
+    """A YAML scalar, with ``1e-3`` read as a number (YAML 1.1 wants ``1.0e-3``)."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
 
 
 def cmd_train(args) -> None:

@@ -24,6 +24,10 @@ class TrainConfig:
     eval_batch_size: int = 8
     device: str = "auto"  # auto: cuda when available, else cpu
     tf32: bool = True  # fp32 with TF32 matmuls on GPU, as the paper trains
+    precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast with loss scaling, CUDA only)
+    ema_decay: float = 0.0  # > 0 keeps an exponential moving average of the weights, used for evaluation
+    compile: bool = False  # torch.compile the model
+    plots: bool = True  # loss, gradient-norm and learning-rate plots in the run folder
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
@@ -40,6 +44,10 @@ class TrainConfig:
                 raise TypeError(f"training setting {key!r} must be {kind.__name__}, got {value!r}")
             converted[key] = value
         cfg = cls(**converted)
+        if cfg.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"training setting 'precision' must be fp32, bf16 or fp16, got {cfg.precision!r}")
+        if not 0.0 <= cfg.ema_decay < 1.0:
+            raise ValueError(f"training setting 'ema_decay' must be in [0, 1), got {cfg.ema_decay}")
         for key in ("epochs", "batch_size", "eval_batch_size", "num_checkpoints"):
             if getattr(cfg, key) < 1:
                 raise ValueError(f"training setting {key!r} must be at least 1, got {getattr(cfg, key)}")

@@ -1,13 +1,20 @@
 """The training loop: one (model, dataset, seed) run in one folder, resumable from its checkpoints.
 
-A run folder holds ``config.yaml`` (the resolved settings), ``ckpt00.pt … ckpt10.pt``,
-``history.csv`` (one row per epoch), and once finished ``model.pt``, ``model_stats.json`` and
-``rel_error.json``, written in that order, the last one marking the run complete.
+A run folder holds ``config.yaml`` (the resolved settings), ``ckpt00.pt … ckpt10.pt`` (evenly
+spaced), ``latest.pt`` (every epoch, and mid-epoch on SIGTERM), ``history.csv`` (one row per
+epoch), the loss / gradient-norm / learning-rate plots, and once finished ``model.pt``,
+``model_stats.json`` and ``rel_error.json``, written in that order, the last marking completion.
+
+Under ``torchrun`` the run is data parallel: every rank sees the same shuffled order and takes its
+slice of each global batch, so N processes follow the same loss curve as one process with the
+same global batch. Only rank 0 writes files.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import resource
 import logging
 import math
 import random
@@ -37,7 +44,9 @@ from flare.train.checkpoint import (
     save_atomic,
     set_rng_state,
 )
+from flare.train import distributed
 from flare.train.config import TrainConfig
+from flare.train.plots import plot_history
 from flare.train.optim import make_optimizer, make_scheduler
 
 log = logging.getLogger(__name__)
@@ -109,11 +118,17 @@ class Trainer:
         self.config = config
         self.run_dir = Path(run_dir)
         self.cfg = TrainConfig.from_dict(config["train"])
-        self.progress = progress
-        self.device = pick_device(self.cfg.device)
+        device = pick_device(self.cfg.device)
+        self.dist = distributed.setup(device.type)
+        if device.type == "cuda" and self.dist.enabled:
+            device = torch.device("cuda", self.dist.local_rank)
+        self.device = device
+        self.progress = progress and self.dist.is_main
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = self.cfg.tf32
             torch.backends.cudnn.allow_tf32 = self.cfg.tf32
+        if self.cfg.precision == "fp16" and self.device.type != "cuda":
+            raise ValueError("training setting precision=fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
 
         seed_everything(config["seed"])
         self.train_set, self.test_set = load_splits(config["dataset_dir"])
@@ -129,6 +144,12 @@ class Trainer:
                 f"derivative_loss_weight needs a 2-D structured grid; dataset {meta.name!r} has grid_shape "
                 f"{list(self.grid_shape)}. Set train.derivative_loss_weight: 0 for this dataset"
             )
+        if self.cfg.batch_size % self.dist.world_size:
+            raise ValueError(
+                f"the global batch_size {self.cfg.batch_size} must be divisible by the {self.dist.world_size} "
+                "processes"
+            )
+        self.local_batch_size = self.cfg.batch_size // self.dist.world_size
         self.steps_per_epoch = len(self.train_set) // self.cfg.batch_size
         if self.steps_per_epoch == 0:
             raise ValueError(
@@ -137,8 +158,19 @@ class Trainer:
             )
         self.model = build(config["model"], meta.in_channels, meta.out_channels, **config["model_hparams"])
         self.model.to(self.device)
+        self.net = self.model
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        if self.cfg.compile:
+            self.net = torch.compile(self.net)
+        self.ema = None
+        if self.cfg.ema_decay > 0:
+            self.ema = torch.optim.swa_utils.AveragedModel(
+                self.model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(self.cfg.ema_decay))
         self.optimizer = make_optimizer(self.model, self.cfg)
         self.scheduler = make_scheduler(self.optimizer, self.cfg, self.steps_per_epoch)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.cfg.precision == "fp16")
         self.y_norm = self.train_set.y_normalizer.to(self.device)
         self.epoch = 0  # completed epochs
         self.step_in_epoch = 0  # completed steps of the current epoch (non-zero only after SIGTERM)
@@ -150,8 +182,10 @@ class Trainer:
     def state(self) -> dict:
         return {
             "model": self.model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
             "epoch": self.epoch,
             "step_in_epoch": self.step_in_epoch,
             "epoch_totals": dict(self.epoch_totals),
@@ -162,13 +196,23 @@ class Trainer:
 
     def load_state(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         self.epoch = state["epoch"]
         self.step_in_epoch = state.get("step_in_epoch", 0)
         self.epoch_totals = dict(state.get("epoch_totals", {}))
         self.history = list(state["history"])
         set_rng_state(state["rng"])
+
+    def save(self, path: Path) -> None:
+        """Rank 0 writes ``path`` atomically; the other ranks wait for it."""
+        if self.dist.is_main:
+            save_atomic(self.state(), path)
+        distributed.barrier(self.dist)
 
     def resume(self) -> bool:
         """Continue from the latest loadable checkpoint, if there is one."""
@@ -183,13 +227,19 @@ class Trainer:
     # -- training ----------------------------------------------------------------------------
     def epoch_order(self, epoch: int) -> torch.Tensor:
         """Shuffled sample order of ``epoch``, a function of (seed, epoch) only, so a resumed run sees
-        the same batches as an uninterrupted one."""
+        the same batches as an uninterrupted one and every rank sees the same order."""
         generator = torch.Generator().manual_seed(self.config["seed"] * 1_000_003 + epoch)
         return torch.randperm(len(self.train_set), generator=generator)
 
+    def autocast(self):
+        if self.cfg.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.cfg.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
     def loss(self, pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Training loss on decoded values and the plain relative L2, both averaged over the batch."""
-        pred, target = self.y_norm.decode(pred), self.y_norm.decode(target)
+        pred, target = self.y_norm.decode(pred.float()), self.y_norm.decode(target)
         per_sample = relative_l2_with_gradients(pred, target, self.grid_shape, self.cfg.derivative_loss_weight)
         with torch.no_grad():
             rel = relative_l2_with_gradients(pred, target, self.grid_shape, 0.0)
@@ -201,53 +251,68 @@ class Trainer:
         On SIGTERM the state after the current step is saved to ``latest.pt`` and
         :class:`TrainingInterrupted` is raised; a rerun continues with the next step.
         """
-        self.model.train()
+        self.net.train()
         order = self.epoch_order(epoch)
         totals = self.epoch_totals or {"train_loss": 0.0, "train_rel_l2": 0.0, "grad_norm": 0.0}
-        bs = self.cfg.batch_size
+        bs, local = self.cfg.batch_size, self.local_batch_size
         for step in range(self.step_in_epoch, self.steps_per_epoch):
-            x, y = self.train_set.batch(order[step * bs : (step + 1) * bs].tolist())
+            start = step * bs + self.dist.rank * local
+            x, y = self.train_set.batch(order[start : start + local].tolist())
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            loss, rel = self.loss(self.model(x), y)
+            with self.autocast():
+                pred = self.net(x)
+            loss, rel = self.loss(pred, y)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}; the latest good checkpoint "
                     f"in {self.run_dir} is kept"
                 )
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
             max_norm = self.cfg.clip_grad_norm if self.cfg.clip_grad_norm > 0 else math.inf
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
-            self.optimizer.step()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
             self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
             totals["train_loss"] += loss.item()
             totals["train_rel_l2"] += rel.item()
             totals["grad_norm"] += float(grad_norm)
-            if self._stop_requested:
+            if distributed.any_rank(self._stop_requested, self.dist, self.device):
                 self.step_in_epoch, self.epoch_totals = step + 1, totals
-                save_atomic(self.state(), self.run_dir / LATEST)
+                self.save(self.run_dir / LATEST)
                 raise TrainingInterrupted(
                     f"stopped by SIGTERM at epoch {epoch + 1}, step {step + 1}; state saved to "
                     f"{self.run_dir / LATEST}, run the same command again to resume"
                 )
         self.step_in_epoch, self.epoch_totals = 0, {}
-        return {k: v / self.steps_per_epoch for k, v in totals.items()}
+        means = {k: v / self.steps_per_epoch for k, v in totals.items()}
+        return distributed.mean_over_ranks(means, self.dist, self.device)
 
     def _request_stop(self, signum, frame) -> None:
         self._stop_requested = True
 
     def fit(self) -> dict:
         """Train to the configured number of epochs (resuming if possible) and write the results."""
+        try:
+            return self._fit()
+        finally:
+            distributed.teardown(self.dist)
+
+    def _fit(self) -> dict:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         config_file = self.run_dir / "config.yaml"
         if config_file.exists():
             _compare_configs(yaml.safe_load(config_file.read_text()), self.config, self.run_dir)
-        config_file.write_text(yaml.safe_dump(self.config, sort_keys=False))
+        if self.dist.is_main:
+            config_file.write_text(yaml.safe_dump(self.config, sort_keys=False))
         self.resume()
 
         ckpt_at = checkpoint_epochs(self.cfg.epochs, self.cfg.num_checkpoints)
         if self.epoch == 0 and self.step_in_epoch == 0:
-            save_atomic(self.state(), checkpoint_path(self.run_dir, 0))
+            self.save(checkpoint_path(self.run_dir, 0))
         bar = tqdm(
             total=self.cfg.epochs, initial=self.epoch, desc=f"{self.config['model']}/{self.config['dataset']}",
             unit="epoch", file=sys.stderr, disable=not self.progress, mininterval=1.0,
@@ -265,8 +330,8 @@ class Trainer:
                 row["test_rel_l2"] = self.test_error() if checkpoints_now else float("nan")
                 self.history.append(row)
                 for k in checkpoints_now[-1:]:
-                    save_atomic(self.state(), checkpoint_path(self.run_dir, k))
-                save_atomic(self.state(), self.run_dir / LATEST)
+                    self.save(checkpoint_path(self.run_dir, k))
+                self.save(self.run_dir / LATEST)
                 bar.set_postfix(loss=f"{row['train_loss']:.4f}", test=f"{row['test_rel_l2']:.4f}")
                 bar.update(1)
         finally:
@@ -275,31 +340,49 @@ class Trainer:
             bar.close()
         return self.finish()
 
+    def eval_model(self) -> torch.nn.Module:
+        """The weights that are evaluated and exported: the moving average when EMA is on."""
+        return self.ema.module if self.ema is not None else self.model
+
     def test_error(self) -> float:
-        return float(per_sample_relative_l2(self.model, self.test_set, self.device, self.cfg.eval_batch_size).mean())
+        return float(per_sample_relative_l2(self.eval_model(), self.test_set, self.device,
+                                            self.cfg.eval_batch_size).mean())
+
+    def peak_memory_bytes(self) -> int:
+        if self.device.type == "cuda":
+            return int(torch.cuda.max_memory_allocated(self.device))
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
 
     def finish(self) -> dict:
-        """Write history, final weights, statistics and the relative errors (the last marks completion)."""
+        """Write history, plots, final weights, statistics and the relative errors (the last marks completion)."""
+        errors = {
+            "train_rel_l2": float(per_sample_relative_l2(self.eval_model(), self.train_set, self.device,
+                                                         self.cfg.eval_batch_size).mean()),
+            "test_rel_l2": self.test_error(),
+        }
+        if not self.dist.is_main:
+            return errors
         with open(self.run_dir / "history.csv", "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=HISTORY_FIELDS)
             writer.writeheader()
             writer.writerows(self.history)
-        save_atomic({"model": self.model.state_dict(), "config": self.config}, self.run_dir / "model.pt")
+        if self.cfg.plots and self.history:
+            plot_history(self.history, self.run_dir)
+        save_atomic({"model": self.eval_model().state_dict(), "config": self.config}, self.run_dir / "model.pt")
         seconds = [row["seconds"] for row in self.history]
         stats = {
             "parameters": sum(p.numel() for p in self.model.parameters()),
             "device": str(self.device),
+            "processes": self.dist.world_size,
+            "precision": self.cfg.precision,
             "epochs": self.epoch,
             "steps_per_epoch": self.steps_per_epoch,
             "seconds_per_epoch": float(np.median(seconds)) if seconds else None,
             "seconds_per_step": float(np.median(seconds)) / self.steps_per_epoch if seconds else None,
+            "peak_memory_bytes": self.peak_memory_bytes(),
+            "peak_memory_kind": "CUDA allocated" if self.device.type == "cuda" else "process max RSS",
         }
         (self.run_dir / "model_stats.json").write_text(json.dumps(stats, indent=2))
-        errors = {
-            "train_rel_l2": float(per_sample_relative_l2(self.model, self.train_set, self.device,
-                                                         self.cfg.eval_batch_size).mean()),
-            "test_rel_l2": self.test_error(),
-        }
         tmp = self.run_dir / ".rel_error.json.tmp"
         tmp.write_text(json.dumps(errors, indent=2))
         tmp.replace(self.run_dir / "rel_error.json")

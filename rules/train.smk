@@ -1,5 +1,6 @@
 # One job per (dataset, model, seed). A job restarted after an interruption resumes from the
-# latest checkpoint in its run folder.
+# latest checkpoint in its run folder. `flare launch` gives the job its own GPUs (a lock per GPU)
+# and runs torchrun when it has more than one.
 
 
 rule train:
@@ -15,9 +16,11 @@ rule train:
         run_dir=run_dir,
         settings=train_arguments,
     threads: config["threads_per_run"]
+    resources:
+        gpu=config["gpus_per_run"],
     conda:
         "../environment.yml"
     shell:
-        "python -m flare train --data-dir results/datasets/{wildcards.dataset} "
+        "python -m flare launch --gpus {resources.gpu} -- train --data-dir results/datasets/{wildcards.dataset} "
         "--model {wildcards.model} --seed {wildcards.seed} "
         "--out {params.run_dir} {params.settings} > {log} 2>&1"

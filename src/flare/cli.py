@@ -94,6 +94,17 @@ def cmd_prepare_darcy(args) -> None:
     prepare(args.train, args.test, args.out, args.subsample, args.num_train, args.num_test)
 
 
+def cmd_launch(args) -> None:
+    from flare.train.launch import launch
+
+    flare_args = args.flare_args[1:] if args.flare_args[:1] == ["--"] else args.flare_args
+    if not flare_args:
+        raise ValueError("give the flare command to run after --, e.g. flare launch --gpus 2 -- train ...")
+    code = launch(args.gpus, flare_args, args.lock_dir)
+    if code:
+        raise SystemExit(code)
+
+
 def cmd_models(args) -> None:
     from flare.models import MODELS
 
@@ -142,6 +153,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tex", required=True)
     p.add_argument("--figure", nargs="+", required=True, help="figure files (png, pdf, …)")
     p.set_defaults(func=cmd_aggregate)
+
+    p = sub.add_parser("launch", help="run a flare command on N locked GPUs (torchrun when N > 1)",
+                       description="Take N free GPUs of this machine (one lock file per GPU, so concurrent "
+                       "jobs get distinct GPUs), set CUDA_VISIBLE_DEVICES and run the command; N > 1 runs it "
+                       "under torchrun with N processes; N = 0 runs it as it is. Under SLURM no locks are taken.")
+    p.add_argument("--gpus", type=int, default=0, help="number of GPUs [%(default)s]")
+    p.add_argument("--lock-dir", default="results/.gpu_locks", help="folder of the GPU lock files [%(default)s]")
+    p.add_argument("flare_args", nargs=argparse.REMAINDER, help="-- then the flare command, e.g. -- train ...")
+    p.set_defaults(func=cmd_launch)
 
     p = sub.add_parser("models", help="list registered models")
     p.set_defaults(func=cmd_models)

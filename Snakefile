@@ -16,6 +16,7 @@ include: "rules/data.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"
 include: "rules/report.smk"
+include: "rules/ablation.smk"
 
 
 rule all:

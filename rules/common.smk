@@ -12,6 +12,7 @@ shell.prefix(f'export PYTHONPATH={_SRC}"${{{{PYTHONPATH:+:$PYTHONPATH}}}}"; ')
 validate(config, schema="../config/schema.yaml")
 
 KNOWN_DATASETS = ("darcy",)
+DATASETS_IN_CONFIG = sorted(config["datasets"])
 KNOWN_MODELS = sorted(p.stem for p in (Path(workflow.basedir) / "config" / "models").glob("*.yaml"))
 
 
@@ -27,6 +28,14 @@ def _check_config():
             raise ValueError(
                 f"config key 'overrides.{model}': {model!r} is not in 'models' ({', '.join(config['models'])})"
             )
+    if config["ablations"]["sweeps"]:
+        for key in ("dataset", "model"):
+            known = DATASETS_IN_CONFIG if key == "dataset" else KNOWN_MODELS
+            if config["ablations"].get(key) not in known:
+                raise ValueError(
+                    f"config key 'ablations.{key}': {config['ablations'].get(key)!r} is not one of "
+                    f"{', '.join(known)}"
+                )
     for name, entry in config["datasets"].items():
         if entry["source"] == "local" and not entry.get("local_dir"):
             raise ValueError(f"config key 'datasets.{name}.local_dir' is required when source is 'local'")
@@ -43,6 +52,8 @@ wildcard_constraints:
     dataset="[A-Za-z0-9_]+",
     model="[A-Za-z0-9_]+",
     seed=r"\d+",
+    param="num_latents|num_heads|num_blocks|num_layers_kv_proj",
+    value=r"-?\d+",
 
 
 def dataset_config(name):
@@ -76,6 +87,34 @@ def darcy_raw_files(wildcards):
     return {"train": f"{folder}/{names[0]}", "test": f"{folder}/{names[1]}"}
 
 
+ABLATIONS = config["ablations"]
+
+
+def ablation_values(param):
+    return ABLATIONS["sweeps"][param]
+
+
+def ablation_run_dir(wildcards):
+    return (
+        f"results/ablations/{wildcards.dataset}/{wildcards.model}/{wildcards.param}/"
+        f"{wildcards.value}/seed{wildcards.seed}"
+    )
+
+
+def ablation_arguments(wildcards):
+    """The run's ordinary settings, then the swept hyperparameter."""
+    return f"{train_arguments(wildcards)} --set model.{wildcards.param}={wildcards.value}"
+
+
+def ablation_runs(param, name):
+    """One file per (value, seed) of a sweep, values in the configured order."""
+    return [
+        f"results/ablations/{ABLATIONS['dataset']}/{ABLATIONS['model']}/{param}/{value}/seed{seed}/{name}"
+        for value in ablation_values(param)
+        for seed in ABLATIONS["seeds"]
+    ]
+
+
 def evaluation_files():
     evals = [
         f"results/runs/{d}/{m}/seed{s}/eval.json"
@@ -89,6 +128,8 @@ def evaluation_files():
 
 
 def final_targets():
-    return [
-        f"results/tables/relative_l2.{ext}" for ext in ("md", "csv", "tex")
-    ] + [f"results/figures/relative_l2.{ext}" for ext in ("png", "pdf")]
+    targets = [f"results/tables/relative_l2.{ext}" for ext in ("md", "csv", "tex")]
+    targets += [f"results/figures/relative_l2.{ext}" for ext in ("png", "pdf")]
+    for param in ABLATIONS["sweeps"]:
+        targets += [f"results/tables/ablation_{param}.md", f"results/figures/ablation_{param}.png"]
+    return targets

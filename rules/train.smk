@@ -10,6 +10,7 @@ rule train:
     output:
         model="results/runs/{dataset}/{model}/seed{seed}/model.pt",
         errors="results/runs/{dataset}/{model}/seed{seed}/rel_error.json",
+        stats="results/runs/{dataset}/{model}/seed{seed}/model_stats.json",
     log:
         "results/logs/train/{dataset}/{model}/seed{seed}.log",
     params:

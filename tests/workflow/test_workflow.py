@@ -38,6 +38,7 @@ def test_paper_config_dry_run_lists_darcy_flare_three_seeds(tmp_path):
     out = snakemake(tmp_path, "-n", "--printshellcmds").stdout
     counts = job_counts(out)
     assert counts["train"] == 3 and counts["evaluate"] == 3 and counts["download_darcy"] == 2
+    assert counts["train_ablation"] == 6 + 5 + 4 + 5 and counts["ablation_report"] == 4
     for seed in (0, 1, 2):
         assert f"--model flare --seed {seed} --out results/runs/darcy/flare/seed{seed}" in out
     assert "piececonst_r421_N1024_smooth1.mat" in out
@@ -91,6 +92,11 @@ def test_tiny_workflow_end_to_end(tmp_path):
         run = tmp_path / f"results/runs/darcy/flare/seed{seed}"
         assert (run / "ckpt10.pt").exists() and (run / "eval.json").exists()
         assert (tmp_path / f"results/logs/train/darcy/flare/seed{seed}.log").exists()
+
+    ablation = pd.read_csv(tmp_path / "results/tables/ablation_num_latents.csv")
+    assert ablation["num_latents"].tolist() == [2, 4] and (ablation["seconds_per_epoch"] > 0).all()
+    assert ablation["parameters"].iloc[1] > ablation["parameters"].iloc[0]  # more latents, more parameters
+    assert (tmp_path / "results/figures/ablation_num_latents.pdf").exists()
 
     again = snakemake(tmp_path, "--cores", "2", "--configfile", str(config))
     assert "Nothing to be done" in again.stdout + again.stderr

@@ -10,7 +10,7 @@ import torch
 
 from flare.data.format import read_split
 from flare.data.loader import StandardDataset
-from flare.inference import per_sample_relative_l2, pick_device
+from flare.inference import check_model_fits_dataset, per_sample_relative_l2, pick_device
 from flare.metrics import relative_l2
 from flare.models import build
 
@@ -56,6 +56,7 @@ def evaluate(run_dir: str | Path, dataset_dir: str | Path | None = None, device:
                 f"output channels but the model in {run_dir} was trained for "
                 f"{config['in_channels']} / {config['out_channels']}"
             )
+        check_model_fits_dataset(model, data)
         per_sample[split] = per_sample_relative_l2(model, data, dev, batch_size)
     summary = {"dataset": config["dataset"], "model": config["model"], "seed": config["seed"],
                "parameters": sum(p.numel() for p in model.parameters())}

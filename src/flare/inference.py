@@ -18,6 +18,24 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
+def check_model_fits_dataset(model: nn.Module, dataset: StandardDataset) -> None:
+    """Graph models need a dataset with mesh edges: say so before any step runs."""
+    if getattr(model, "needs_edges", False) and not dataset.has_edges:
+        raise ValueError(
+            f"model {type(model).__name__} passes messages along mesh edges, but {dataset.path} holds none; "
+            "prepare the dataset with edges or choose a point-cloud model"
+        )
+
+
+def predict(model: nn.Module, dataset: StandardDataset, indices, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised predictions and targets ``[B, N, c]`` of samples ``indices``."""
+    x, y = dataset.batch(indices)
+    x = x.to(device, non_blocking=True)
+    if getattr(model, "needs_edges", False):
+        return model(x, edges=dataset.batch_edges(indices).to(device)), y.to(device)
+    return model(x), y.to(device)
+
+
 @torch.no_grad()
 def per_sample_relative_l2(
     model: nn.Module, dataset: StandardDataset, device: torch.device, batch_size: int = 8
@@ -28,8 +46,7 @@ def per_sample_relative_l2(
     errors = []
     step = batch_size if dataset.data.fixed_size else 1
     for start in range(0, len(dataset), step):
-        x, y = dataset.batch(range(start, min(start + step, len(dataset))))
-        x, y = x.to(device), y.to(device)
-        pred = y_norm.decode(model(x).float())
+        pred, y = predict(model, dataset, list(range(start, min(start + step, len(dataset)))), device)
+        pred = y_norm.decode(pred.float())
         errors.append(relative_l2(pred, y_norm.decode(y)).double().cpu())
     return torch.cat(errors).numpy()

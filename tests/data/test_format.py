@@ -98,3 +98,36 @@ def test_unreadable_files_are_named(tmp_path, variable_size_dataset):
     truncated.write_bytes((folder / "train.h5").read_bytes()[:300])
     with pytest.raises(DatasetFormatError, match="truncated.h5"):
         read_split(truncated)
+
+
+def test_mesh_edges_round_trip_and_train_a_graph_model(tmp_path):
+    from flare.train import train
+
+    rng = np.random.default_rng(1)
+
+    def chain(n):  # a path graph over n points
+        return np.stack([np.arange(n - 1), np.arange(1, n)], axis=1)
+
+    sizes = {"train": [6, 6, 8, 8], "test": [6, 7]}
+    splits = {}
+    for split, ns in sizes.items():
+        xs = [rng.normal(size=(n, 3)) for n in ns]
+        splits[split] = (xs, [x[:, :1] ** 2 + 1 for x in xs], [chain(n) for n in ns])
+    write_dataset(tmp_path / "mesh", point_cloud_meta("mesh", c_in=3), splits["train"], splits["test"])
+    data = read_split(tmp_path / "mesh/test.h5")
+    np.testing.assert_array_equal(data.sample_edges(1), chain(7))
+    train_set = StandardDataset(tmp_path / "mesh/train.h5")
+    assert train_set.batch_edges([2, 3]).shape == (2, 2, 7)
+    with pytest.raises(ValueError, match="different edge counts"):
+        train_set.batch_edges([0, 2])
+    tiny = {"model": {"hidden_dim": 8, "num_layers": 2}, "train": {"epochs": 2, "batch_size": 1}}
+    errors = train(tmp_path / "mesh", "mesh_gnn", 0, tmp_path / "run", tiny, progress=False)
+    assert errors["test_rel_l2"] > 0
+
+
+def test_graph_model_without_edges_is_refused_before_training(tiny_darcy, tmp_path):
+    from flare.train import train
+
+    with pytest.raises(ValueError, match="holds none"):
+        train(tiny_darcy, "mesh_gnn", 0, tmp_path / "run", {"train": {"epochs": 1}}, progress=False)
+    assert not (tmp_path / "run" / "ckpt00.pt").exists()

@@ -6,6 +6,8 @@ Each split file holds all samples' points concatenated, so samples may differ in
     x        float32 [P, c_in]   inputs of every point of every sample
     y        float32 [P, c_out]  outputs
     offsets  int64   [S + 1]     sample i is rows offsets[i]:offsets[i+1]
+    edges, edge_offsets  (optional) int64 [E, 2] and [S + 1]: mesh edges of every sample as pairs of
+             point indices local to the sample (for graph models)
     normalizer/{x_mean,x_std,y_mean,y_std}  float64 [c]  fitted on the train split only
     attrs    format_version, name, split, source, description, input_channels, output_channels,
              input_units, output_units, normalize_inputs, grid_shape, num_samples,
@@ -81,18 +83,22 @@ def _as_sample_list(samples, name: str, split: str, kind: str, channels: int) ->
 def write_dataset(
     out_dir: str | Path,
     meta: DatasetMeta,
-    train: tuple[Sequence[np.ndarray], Sequence[np.ndarray]],
-    test: tuple[Sequence[np.ndarray], Sequence[np.ndarray]],
+    train: tuple,
+    test: tuple,
 ) -> dict[str, Path]:
     """Validate the samples, fit the normaliser on ``train`` and write ``train.h5`` and ``test.h5``.
 
     ``train`` and ``test`` are ``(xs, ys)`` with one ``[points, c_in]`` / ``[points, c_out]`` array per
-    sample (a stacked ``[S, points, c]`` array works too). Returns the written paths.
+    sample (a stacked ``[S, points, c]`` array works too), or ``(xs, ys, edges)`` with one ``[E_i, 2]``
+    integer array of point-index pairs per sample for meshes. Returns the written paths.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    splits = {}
-    for split, (xs, ys) in zip(SPLITS, (train, test)):
+    splits, edges = {}, {}
+    for split, data in zip(SPLITS, (train, test)):
+        if len(data) not in (2, 3):
+            raise ValueError(f"dataset {meta.name!r}, {split}: expected (xs, ys) or (xs, ys, edges)")
+        xs, ys = data[0], data[1]
         xs = _as_sample_list(xs, meta.name, split, "x", meta.in_channels)
         ys = _as_sample_list(ys, meta.name, split, "y", meta.out_channels)
         if len(xs) != len(ys) or not xs:
@@ -103,17 +109,39 @@ def write_dataset(
                     f"dataset {meta.name!r}, {split} sample {i}: {len(x)} input points but {len(y)} output points"
                 )
         splits[split] = (xs, ys)
+        edges[split] = _as_edge_list(data[2], xs, meta.name, split) if len(data) == 3 else None
+    if (edges["train"] is None) != (edges["test"] is None):
+        raise DatasetFormatError(f"dataset {meta.name!r}: give edges for both splits or for neither")
     x_norm = GaussianNormalizer.fit(np.concatenate(splits["train"][0]), mask=meta.normalize_inputs)
     y_norm = GaussianNormalizer.fit(np.concatenate(splits["train"][1]))
     paths = {}
     for split, (xs, ys) in splits.items():
-        paths[split] = _write_split(out_dir / f"{split}.h5", meta, split, xs, ys, x_norm, y_norm)
+        paths[split] = _write_split(out_dir / f"{split}.h5", meta, split, xs, ys, x_norm, y_norm, edges[split])
     with open(out_dir / "meta.json", "w") as fh:  # a human-readable copy of the metadata
         json.dump({**asdict(meta), "num_samples": {s: len(v[0]) for s, v in splits.items()}}, fh, indent=2)
     return paths
 
 
-def _write_split(path: Path, meta: DatasetMeta, split: str, xs, ys, x_norm, y_norm) -> Path:
+def _as_edge_list(edges, xs, name: str, split: str) -> list[np.ndarray]:
+    if len(edges) != len(xs):
+        raise DatasetFormatError(f"dataset {name!r}, {split}: {len(edges)} edge lists for {len(xs)} samples")
+    out = []
+    for i, (e, x) in enumerate(zip(edges, xs)):
+        e = np.asarray(e)
+        if e.ndim != 2 or e.shape[1] != 2 or not np.issubdtype(e.dtype, np.integer):
+            raise DatasetFormatError(f"dataset {name!r}, {split} sample {i}: edges must be integer [E, 2], "
+                                     f"got {e.dtype} {e.shape}")
+        if len(e) and (e.min() < 0 or e.max() >= len(x)):
+            raise DatasetFormatError(f"dataset {name!r}, {split} sample {i}: edge indices outside 0…{len(x) - 1}")
+        out.append(e.astype(np.int64))
+    return out
+
+
+def _offsets(arrays) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum([len(a) for a in arrays])]).astype(np.int64)
+
+
+def _write_split(path: Path, meta: DatasetMeta, split: str, xs, ys, x_norm, y_norm, edges=None) -> Path:
     sizes = np.array([len(x) for x in xs], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(sizes)])
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -128,6 +156,9 @@ def _write_split(path: Path, meta: DatasetMeta, split: str, xs, ys, x_norm, y_no
             f.create_dataset("x", data=np.concatenate(xs))
             f.create_dataset("y", data=np.concatenate(ys))
             f.create_dataset("offsets", data=offsets)
+            if edges is not None:
+                f.create_dataset("edges", data=np.concatenate(edges) if edges else np.zeros((0, 2), np.int64))
+                f.create_dataset("edge_offsets", data=_offsets(edges))
             g = f.create_group("normalizer")
             g.attrs["fitted_on"] = "train"
             for prefix, norm in (("x", x_norm), ("y", y_norm)):
@@ -150,6 +181,14 @@ class SplitData:
     offsets: np.ndarray  # [S + 1]
     x_normalizer: GaussianNormalizer
     y_normalizer: GaussianNormalizer
+    edges: np.ndarray | None = None  # [E, 2], sample-local point indices
+    edge_offsets: np.ndarray | None = None  # [S + 1]
+
+    def sample_edges(self, i: int) -> np.ndarray:
+        """Edges ``[E_i, 2]`` of sample ``i``."""
+        if self.edges is None:
+            raise ValueError(f"dataset {self.meta.name!r} ({self.split}) holds no mesh edges")
+        return self.edges[self.edge_offsets[i] : self.edge_offsets[i + 1]]
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -186,6 +225,8 @@ def read_split(path: str | Path) -> SplitData:
             x_norm = GaussianNormalizer(g["x_mean"][...], g["x_std"][...])
             y_norm = GaussianNormalizer(g["y_mean"][...], g["y_std"][...])
             split = str(attrs["split"])
+            edges = f["edges"][...] if "edges" in f else None
+            edge_offsets = f["edge_offsets"][...] if "edge_offsets" in f else None
     except DatasetFormatError:
         raise
     except (OSError, KeyError, ValueError, TypeError) as err:
@@ -194,4 +235,7 @@ def read_split(path: str | Path) -> SplitData:
         raise DatasetFormatError(f"{path}: x {x.shape} / y {y.shape} disagree with the metadata's channels")
     if offsets[0] != 0 or offsets[-1] != len(x) or (np.diff(offsets) <= 0).any():
         raise DatasetFormatError(f"{path}: offsets do not partition the {len(x)} points into samples")
-    return SplitData(meta, split, x, y, offsets, x_norm, y_norm)
+    if edges is not None and (edge_offsets is None or len(edge_offsets) != len(offsets)
+                              or edge_offsets[-1] != len(edges)):
+        raise DatasetFormatError(f"{path}: edge_offsets do not partition the edges into the {len(offsets) - 1} samples")
+    return SplitData(meta, split, x, y, offsets, x_norm, y_norm, edges, edge_offsets)

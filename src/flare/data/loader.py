@@ -38,6 +38,17 @@ class StandardDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self._x[i], self._y[i]
 
+    @property
+    def has_edges(self) -> bool:
+        return self.data.edges is not None
+
+    def batch_edges(self, indices) -> torch.Tensor:
+        """Mesh edges of samples ``indices`` as ``[B, 2, E]`` (sender row, receiver row); edge counts must agree."""
+        edges = [torch.from_numpy(self.data.sample_edges(i).T.copy()) for i in indices]
+        if len({e.shape[1] for e in edges}) > 1:
+            raise ValueError(f"{self.path}: samples {list(indices)} have different edge counts; use batch_size 1")
+        return torch.stack(edges)
+
     def batch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
         """Stack samples ``indices`` into ``([B, N, c_in], [B, N, c_out])``; sizes must agree."""
         indices = list(indices)

@@ -81,6 +81,8 @@ class MessagePassingLayer(nn.Module):
 class MeshGNN(nn.Module):
     """Mesh graph network: ``forward(x [B, N, c_in], edges [2, E] or [B, 2, E]) -> [B, N, c_out]``."""
 
+    needs_edges = True  # trainers pass the dataset's mesh edges
+
     def __init__(self, in_channels: int, out_channels: int, **hparams):
         super().__init__()
         cfg = MeshGNNConfig(**hparams)

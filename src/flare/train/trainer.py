@@ -31,7 +31,7 @@ import yaml
 from tqdm import tqdm
 
 from flare.data.loader import StandardDataset, load_splits
-from flare.inference import per_sample_relative_l2, pick_device
+from flare.inference import check_model_fits_dataset, per_sample_relative_l2, pick_device
 from flare.metrics import relative_l2_with_gradients
 from flare.models import build
 from flare.settings import deep_merge, model_settings
@@ -157,6 +157,8 @@ class Trainer:
                 f"{config['dataset_dir']}"
             )
         self.model = build(config["model"], meta.in_channels, meta.out_channels, **config["model_hparams"])
+        check_model_fits_dataset(self.model, self.train_set)
+        self.needs_edges = getattr(self.model, "needs_edges", False)
         self.model.to(self.device)
         self.net = self.model
         if self.dist.enabled:
@@ -257,10 +259,12 @@ class Trainer:
         bs, local = self.cfg.batch_size, self.local_batch_size
         for step in range(self.step_in_epoch, self.steps_per_epoch):
             start = step * bs + self.dist.rank * local
-            x, y = self.train_set.batch(order[start : start + local].tolist())
+            indices = order[start : start + local].tolist()
+            x, y = self.train_set.batch(indices)
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            extra = {"edges": self.train_set.batch_edges(indices).to(self.device)} if self.needs_edges else {}
             with self.autocast():
-                pred = self.net(x)
+                pred = self.net(x, **extra)
             loss, rel = self.loss(pred, y)
             if not torch.isfinite(loss):
                 raise FloatingPointError(

@@ -73,3 +73,22 @@ def test_mixer_rejects_bad_shapes_and_backends():
         flare_mixer(torch.randn(2, 6, 4), k, k[..., :3])
     with pytest.raises(ValueError, match="unknown FLARE mixer backend 'nope'"):
         flare_mixer(torch.randn(2, 6, 4), k, k, backend="nope")
+
+
+def test_auto_is_the_reference_on_cpu_and_flash_explains_how_to_install():
+    from flare.ops import resolve_backend
+
+    k = torch.randn(1, 2, 5, 4)
+    assert resolve_backend("auto", k) == "reference"
+    q = torch.randn(2, 3, 4)
+    torch.testing.assert_close(flare_mixer(q, k, k, backend="auto"), flare_mixer(q, k, k))
+    with pytest.raises(RuntimeError, match="pip install flash-attn|fp16/bf16 CUDA"):
+        flare_mixer(q, k, k, backend="flash")
+
+
+def test_flare_model_takes_the_backend_as_a_setting():
+    from flare.models import build
+
+    torch.manual_seed(0)
+    model = build("flare", 2, 1, channel_dim=8, num_blocks=1, num_heads=2, num_latents=4, attn_backend="auto")
+    assert model.blocks[0].mixer.backend == "auto" and model(torch.randn(1, 6, 2)).shape == (1, 6, 1)

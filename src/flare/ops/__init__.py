@@ -1,19 +1,35 @@
-"""Attention kernels behind one function. Imports only torch (and triton, lazily)."""
+"""Attention kernels behind one function. Imports only torch (and triton / flash-attn, lazily)."""
 from __future__ import annotations
 
 import torch
 
+from flare.ops.flash import flare_mixer_flash, flash_available
 from flare.ops.reference import flare_mixer_explicit, flare_mixer_reference
 
-BACKENDS = ("reference", "explicit")
+BACKENDS = ("auto", "reference", "triton", "flash", "explicit")
+
+
+def resolve_backend(backend: str, k: torch.Tensor) -> str:
+    """The concrete backend ``auto`` stands for on ``k``'s device: the fused Triton kernels on CUDA
+    when Triton is importable, else the two-SDPA reference."""
+    if backend != "auto":
+        return backend
+    if k.is_cuda:
+        from flare.ops.triton_mixer import triton_available
+
+        if triton_available():
+            return "triton"
+    return "reference"
 
 
 def flare_mixer(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "reference") -> torch.Tensor:
-    """FLARE token mixer ``Y = softmax_M(K Qᵀ) · softmax_N(Q Kᵀ) · V`` per head.
+    """FLARE token mixer ``Y = softmax_M(K Qᵀ) · softmax_N(Q Kᵀ) · V`` per head (scale 1.0).
 
     q: latent queries ``[H, M, D]`` (shared over the batch) or ``[B, H, M, D]``;
     k, v: ``[B, H, N, D]``. Returns ``[B, H, N, D]``.
-    backend: ``reference`` (two fused SDPA calls) or ``explicit`` (softmax matrices formed, for tests).
+    backend: ``reference`` (two fused SDPA calls), ``triton`` (fused kernels, N split over the GPU),
+    ``flash`` (flash-attn, when installed), ``auto`` (the fastest available on the device) or
+    ``explicit`` (softmax matrices formed, for tests).
     """
     if k.dim() != 4 or v.shape != k.shape:
         raise ValueError(f"k and v must both be [B, H, N, D]; got k {tuple(k.shape)}, v {tuple(v.shape)}")
@@ -22,8 +38,18 @@ def flare_mixer(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str 
             f"q must be [H, M, D] or [B, H, M, D] matching k's heads and head dim; "
             f"got q {tuple(q.shape)}, k {tuple(k.shape)}"
         )
+    backend = resolve_backend(backend, k)
     if backend == "reference":
         return flare_mixer_reference(q, k, v)
+    if backend == "triton":
+        from flare.ops.triton_mixer import flare_mixer_triton
+
+        return flare_mixer_triton(q, k, v)
+    if backend == "flash":
+        return flare_mixer_flash(q, k, v)
     if backend == "explicit":
         return flare_mixer_explicit(q, k, v)
     raise ValueError(f"unknown FLARE mixer backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+
+
+__all__ = ["BACKENDS", "flare_mixer", "flash_available", "resolve_backend"]

@@ -1,0 +1,132 @@
+"""Time one training step (forward, relative-L2 loss, backward, AdamW step) of models at paper settings.
+
+    python benchmarks/bench_models.py                       # every model, paper Darcy setting
+    python benchmarks/bench_models.py --models flare --backends reference,triton --points 1048576 \
+        --batch 1 --precision bf16 --checkpointing         # FLARE at 1M points
+
+Medians of CUDA-event timings after warm-up, peak allocated memory; writes a CSV and prints a table.
+On the CPU it runs too (wall clock), for a quick check.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from flare.metrics import relative_l2
+from flare.models import MODELS, PAPER_DATASET_CHANNELS, paper_model
+
+GRIDS = {"darcy": (85, 85), "airfoil": (221, 51), "pipe": (129, 129)}
+
+
+def grid_points(dataset: str, points: int | None) -> tuple[int, tuple[int, int] | None]:
+    if points:
+        return points, None
+    nx, ny = GRIDS.get(dataset, (0, 0))
+    sizes = {"elasticity": 972, "drivaerml": 40_000, "lpbf": 47_542}
+    return (nx * ny, (nx, ny)) if nx else (sizes[dataset], None)
+
+
+def bench_one(name: str, args, backend: str | None, device: torch.device) -> dict:
+    n, grid = grid_points(args.dataset, args.points)
+    overrides = {}
+    if name == "flare" and backend:
+        overrides["attn_backend"] = backend
+    if name == "transolver_conv":
+        if grid is None:
+            return {"model": name, "status": "needs a structured grid"}
+        overrides["grid_shape"] = list(grid)
+    c_in, c_out = PAPER_DATASET_CHANNELS[args.dataset]
+    model = paper_model(name, args.dataset, **overrides).to(device)
+    if args.checkpointing and hasattr(model, "blocks"):
+        for block in model.blocks:
+            forward = block.forward
+            block.forward = lambda h, f=forward: torch.utils.checkpoint.checkpoint(f, h, use_reentrant=False)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randn(args.batch, n, c_in, device=device)
+    y = torch.randn(args.batch, n, c_out, device=device)
+    kwargs = {}
+    if getattr(model, "needs_edges", False):  # a chain over the points stands in for the mesh edges
+        idx = torch.arange(n - 1, device=device)
+        kwargs["edges"] = torch.stack([idx, idx + 1])
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if args.precision == "bf16"
+                else contextlib.nullcontext())
+
+    def step():
+        with autocast:
+            pred = model(x, **kwargs)
+        loss = relative_l2(pred.float(), y).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    try:
+        for _ in range(args.warmup):
+            step()
+        times = []
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats(device)
+            for _ in range(args.reps):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                step()
+                end.record()
+                torch.cuda.synchronize()
+                times.append(start.elapsed_time(end))
+            peak = torch.cuda.max_memory_allocated(device) / 2**30
+        else:
+            for _ in range(args.reps):
+                t0 = time.perf_counter()
+                step()
+                times.append((time.perf_counter() - t0) * 1e3)
+            peak = float("nan")
+    except torch.OutOfMemoryError:
+        return {"model": name, "backend": backend or "", "points": n, "status": "out of memory"}
+    finally:
+        del opt
+    return {"model": name, "backend": backend or "", "points": n, "batch": args.batch,
+            "precision": args.precision, "parameters": sum(p.numel() for p in model.parameters()),
+            "step_ms_median": float(pd.Series(times).median()), "peak_gib": peak, "status": "ok"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="darcy", choices=sorted(PAPER_DATASET_CHANNELS))
+    parser.add_argument("--models", default="all", help="comma-separated registered names, or all")
+    parser.add_argument("--backends", default="reference", help="FLARE mixer backends to compare")
+    parser.add_argument("--points", type=int, help="N (default: the dataset's)")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--checkpointing", action="store_true", help="activation checkpointing per block")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--reps", type=int, default=20)
+    parser.add_argument("--out", default="results/bench/models.csv")
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.backends.cuda.matmul.allow_tf32 = True  # the paper trains fp32 with TF32
+    torch.backends.cudnn.allow_tf32 = True
+    names = sorted(MODELS) if args.models == "all" else args.models.split(",")
+    rows = []
+    for name in names:
+        backends = args.backends.split(",") if name == "flare" else [None]
+        for backend in backends:
+            torch.manual_seed(0)
+            row = bench_one(name, args, backend, device)
+            rows.append(row)
+            print(row, flush=True)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    table = pd.DataFrame(rows)
+    table["device"] = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(args.out, index=False)
+    print(table.drop(columns=["device"]).to_markdown(index=False))
+
+
+if __name__ == "__main__":
+    main()

@@ -172,28 +172,29 @@ KC = tm.KernelCfg
 
 
 def tune_candidates(M, D, dtype):
-    """Per-kernel candidate (block_m, block_n, num_warps, num_stages) lists (chosen to compile
-    without register spills on sm_90, checked offline with the resource report)."""
+    """Per-kernel candidate (block_m, block_n, num_warps, num_stages[, programs per SM]) lists,
+    chosen to compile without register spills on sm_90 (checked offline with the resource report)."""
     bm = min(max(16, 1 << (M - 1).bit_length()), 64)
     if dtype == torch.float32:
         return {
-            "gather": [KC(64, 64, 4, 3), KC(64, 32, 4, 3), KC(128, 32, 4, 2), KC(32, 64, 4, 3)],
-            "scatter": [KC(64, 64, 4, 2), KC(64, 32, 4, 2), KC(32, 64, 4, 2), KC(128, 64, 8, 2)],
-            "bwd_scatter": [KC(64, 16, 4, 2), KC(32, 32, 4, 2), KC(32, 16, 4, 2), KC(128, 16, 8, 2)],
-            "bwd_main": [KC(32, 32, 4, 2), KC(64, 16, 4, 2), KC(32, 64, 4, 2), KC(64, 32, 4, 2)],
+            "gather": [KC(64, 64, 4, 3), KC(64, 32, 4, 3), KC(64, 64, 4, 2)],
+            "scatter": [KC(64, 64, 4, 2), KC(32, 64, 4, 2), KC(64, 128, 8, 2)],
+            "bwd_scatter": [KC(32, 32, 4, 2), KC(64, 16, 4, 2), KC(32, 64, 4, 2)],
+            "bwd_main": [KC(32, 64, 4, 2), KC(32, 32, 4, 2), KC(64, 32, 4, 2)],
         }
     if M <= 64:
         return {
-            "gather": [KC(bm, 64, 4, 3), KC(bm, 128, 4, 3), KC(bm, 128, 8, 3), KC(bm, 128, 4, 4)],
-            "scatter": [KC(bm, 64, 4, 2), KC(bm, 128, 4, 2), KC(bm, 128, 8, 2), KC(bm, 256, 8, 2)],
-            "bwd_scatter": [KC(bm, 64, 4, 2), KC(bm, 128, 4, 2), KC(bm, 128, 8, 2), KC(bm, 32, 4, 2)],
-            "bwd_main": [KC(bm, 64, 8, 2), KC(bm, 64, 4, 2), KC(bm, 128, 8, 2), KC(bm, 32, 4, 2)],
+            "gather": [KC(bm, 128, 4, 3, 2), KC(bm, 64, 4, 3, 2), KC(bm, 128, 4, 3, 1), KC(bm, 64, 4, 3, 4)],
+            "scatter": [KC(bm, 128, 4, 2), KC(bm, 64, 4, 3), KC(bm, 128, 4, 3), KC(bm, 256, 8, 2)],
+            "bwd_scatter": [KC(bm, 64, 4, 2), KC(bm, 64, 4, 3), KC(bm, 128, 4, 2, 2)],
+            "bwd_main": [KC(bm, 64, 4, 2), KC(bm, 64, 4, 3), KC(bm, 32, 4, 2), KC(bm, 64, 8, 2)],
         }
     return {
-        "gather": [KC(64, 128, 4, 3), KC(128, 128, 8, 3), KC(128, 64, 4, 3), KC(256, 64, 8, 3)],
-        "scatter": [KC(64, 128, 8, 2), KC(64, 64, 4, 2), KC(128, 128, 8, 2), KC(64, 256, 8, 2)],
-        "bwd_scatter": [KC(128, 64, 8, 2), KC(64, 64, 4, 2), KC(128, 128, 8, 2), KC(256, 64, 8, 2)],
-        "bwd_main": [KC(64, 64, 4, 2), KC(64, 32, 4, 2), KC(64, 64, 8, 2), KC(32, 64, 4, 2)],
+        "gather": [KC(128, 64, 4, 3), KC(64, 128, 4, 3), KC(128, 128, 8, 3), KC(128, 64, 4, 4)],
+        "scatter": [KC(64, 128, 4, 2, 8), KC(64, 128, 4, 3, 8), KC(128, 64, 4, 2, 8), KC(256, 64, 8, 2),
+                    KC(256, 64, 8, 2, 8), KC(256, 32, 4, 2, 8)],
+        "bwd_scatter": [KC(128, 64, 8, 2), KC(128, 64, 8, 3), KC(64, 64, 4, 2), KC(256, 64, 8, 2)],
+        "bwd_main": [KC(64, 64, 4, 2), KC(64, 64, 4, 3), KC(128, 64, 8, 2), KC(32, 64, 4, 2)],
     }
 
 
@@ -223,13 +224,19 @@ def run_tune(case, args, rows):
                      lambda o: o[0], "bwd_main_kernel"),
     }
     cands = tune_candidates(M, D, dtype)
+    if args.tune_stages:
+        cands = {k_: v_ for k_, v_ in cands.items() if k_ in args.tune_stages.split(",")}
     for name, kcs in cands.items():
         fn, pick, key = stage[name]
-        variants = [(kc, base.programs_per_sm) for kc in kcs]
-        if name in ("gather", "bwd_main"):
-            variants += [(getattr(base, name), pps) for pps in (2, 8)]
-        for kc, pps in variants:
-            cfg = dataclasses.replace(base, **{name: kc}, programs_per_sm=pps)
+        default_kc = getattr(base, name)
+        variants = list(kcs)
+        if name in ("gather", "scatter", "bwd_main"):
+            variants += [dataclasses.replace(default_kc, programs_per_sm=p) for p in (2, 8)]
+        variants.insert(0, default_kc)
+        variants = list(dict.fromkeys(variants))  # default first, no repeats
+        for kc in variants:
+            pps = kc.programs_per_sm if kc.programs_per_sm is not None else base.programs_per_sm
+            cfg = dataclasses.replace(base, **{name: kc})
             try:
                 out = fn(cfg)
                 err = rel_err(pick(out), ref_out[name])
@@ -237,7 +244,7 @@ def run_tune(case, args, rows):
                 rep = launch_report(key)
             except Exception as exc:  # noqa: BLE001 - a config may fail to compile (shared memory)
                 ms, err, rep = float("nan"), float("nan"), f"failed: {type(exc).__name__}: {str(exc)[:80]}"
-            tag = "*" if kc == getattr(base, name) and pps == base.programs_per_sm else " "
+            tag = "*" if kc == default_kc else " "
             print(f"  {tag}{name:>11} bm={kc.block_m:<4d} bn={kc.block_n:<4d} w={kc.num_warps} s={kc.num_stages} "
                   f"pps={pps}: {ms:8.4f} ms  err-vs-default {err:.1e}  {rep}", flush=True)
             rows.append(dict(case=case["name"], dtype=str(dtype).replace("torch.", ""), B=B, H=H, M=M, N=N, D=D,
@@ -284,11 +291,44 @@ def run_tune(case, args, rows):
     torch.cuda.empty_cache()
 
 
+def measure_overhead(B=1, H=8, M=64, N=1024, D=16, dtype=torch.bfloat16, calls=200):
+    """Host time per call where the GPU work is tiny (launch / Python overhead), plus a profile."""
+    import cProfile
+    import pstats
+
+    q, k, v, dy = make_inputs(B, H, M, N, D, dtype, requires_grad=True)
+    for name, fn in (("reference", flare_mixer_reference), ("triton", tm.flare_mixer_triton)):
+        for mode in ("fwd", "fwdbwd"):
+            def run():
+                if mode == "fwd":
+                    with torch.no_grad():
+                        fn(q, k, v)
+                else:
+                    fn(q, k, v).backward(dy)
+            for _ in range(10):
+                run()
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            for _ in range(calls):
+                run()
+            torch.cuda.synchronize()
+            print(f"  overhead {name:>9} {mode:>6}: {(time.perf_counter() - t) / calls * 1e6:7.1f} us per call "
+                  f"(host loop, M={M} N={N})", flush=True)
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(50):
+        tm.flare_mixer_triton(q, k, v).backward(dy)
+    torch.cuda.synchronize()
+    prof.disable()
+    pstats.Stats(prof).sort_stats("tottime").print_stats(12)
+
+
 # ------------------------------------------------------------------------------------------ main
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n-min-log2", type=int, default=10)
     ap.add_argument("--n-max-log2", type=int, default=22)
+    ap.add_argument("--n-step-log2", type=int, default=1, help="step of the N sweep in powers of two")
     ap.add_argument("--n-log2", type=int, default=None, help="a single N = 2^n (overrides min/max)")
     ap.add_argument("--ms", default="64,256,2048", help="comma-separated latent counts M")
     ap.add_argument("--B", type=int, default=1)
@@ -306,6 +346,8 @@ def main():
     ap.add_argument("--rep", type=int, default=100, help="ms")
     ap.add_argument("--check", action="store_true", help="compare triton with an fp32 reference per case")
     ap.add_argument("--tune", action="store_true", help="per-kernel tile sweep instead of the timing sweep")
+    ap.add_argument("--tune-stages", default="", help="comma-separated subset of gather,scatter,bwd_scatter,bwd_main")
+    ap.add_argument("--overhead", action="store_true", help="host-side time per call at a small size, with a profile")
     ap.add_argument("--tf32", action="store_true", help="allow TF32 for fp32 matmuls (default: off, exact fp32)")
     ap.add_argument("--csv", default="results/bench/mixer.csv")
     args = ap.parse_args()
@@ -327,7 +369,7 @@ def main():
     if args.n_log2 is not None:
         ns = [1 << args.n_log2]
     else:
-        ns = [1 << e for e in range(args.n_min_log2, args.n_max_log2 + 1)]
+        ns = [1 << e for e in range(args.n_min_log2, args.n_max_log2 + 1, args.n_step_log2)]
     cases = [] if args.paper_darcy else [
         dict(name="sweep", B=args.B, H=args.H, M=m, N=n, D=args.D, dtype=DTYPES[args.dtype])
         for m in ms_list for n in ns
@@ -335,6 +377,8 @@ def main():
     if args.paper_darcy or args.with_darcy:
         cases.append(darcy)
 
+    if args.overhead:
+        measure_overhead()
     rows = []
     t0 = time.time()
     if args.tune:

@@ -125,9 +125,24 @@ def test_mesh_edges_round_trip_and_train_a_graph_model(tmp_path):
     assert errors["test_rel_l2"] > 0
 
 
-def test_graph_model_without_edges_is_refused_before_training(tiny_darcy, tmp_path):
+def test_graph_model_without_edges_is_refused_before_training(tmp_path):
     from flare.train import train
 
+    rng = np.random.default_rng(0)
+    xs = [rng.normal(size=(5, 3)) for _ in range(4)]
+    write_dataset(tmp_path / "cloud", point_cloud_meta(c_in=3), (xs, [x[:, :1] for x in xs]),
+                  (xs[:1], [xs[0][:, :1]]))
     with pytest.raises(ValueError, match="holds none"):
-        train(tiny_darcy, "mesh_gnn", 0, tmp_path / "run", {"train": {"epochs": 1}}, progress=False)
+        train(tmp_path / "cloud", "mesh_gnn", 0, tmp_path / "run", {"train": {"epochs": 1}}, progress=False)
     assert not (tmp_path / "run" / "ckpt00.pt").exists()
+
+
+def test_darcy_grid_shares_one_edge_list(tiny_darcy):
+    from flare.data.darcy import grid_edges
+
+    edges = grid_edges(3, 2)  # nodes 0 1 / 2 3 / 4 5
+    assert sorted(map(tuple, edges.tolist())) == [(0, 1), (0, 2), (1, 3), (2, 3), (2, 4), (3, 5), (4, 5)]
+    data = read_split(tiny_darcy / "test.h5")
+    assert data.edge_offsets.tolist() == [0, 2 * 9 * 8]
+    np.testing.assert_array_equal(data.sample_edges(0), data.sample_edges(7))
+    assert StandardDataset(tiny_darcy / "train.h5").batch_edges([0, 1]).shape == (2, 2, 144)

@@ -151,8 +151,10 @@ def test_perceiver_tokens_meet_the_latents_only_through_cross_attention():
     D = C // H
     x = torch.randn(B, N, 3, dtype=torch.float64)
 
-    def attend(q, k, v):  # per-head softmax_N(q kᵀ/√D) v on [B, ·, C] tensors
-        split = lambda t: t.unflatten(-1, (H, D)).transpose(1, 2)  # noqa: E731
+    def split(t):  # [B, n, H·D] -> [B, H, n, D]
+        return t.unflatten(-1, (H, D)).transpose(1, 2)
+
+    def attend(q, k, v):  # per head softmax over keys of q kᵀ/√D, times v; [B, ·, C] in and out
         w = torch.softmax(split(q) @ split(k).transpose(-1, -2) / math.sqrt(D), dim=-1)
         return (w @ split(v)).transpose(1, 2).flatten(-2)
 
@@ -160,7 +162,8 @@ def test_perceiver_tokens_meet_the_latents_only_through_cross_attention():
     enc, dec = model.encoder, model.decoder
     u = model.encoder_norm(h)
     latents = model.latents.expand(B, M, C)
-    z = latents + enc.out(attend(latents, enc.key(u), enc.value(u)))  # latents are the queries
+    z_encoded = latents + enc.out(attend(latents, enc.key(u), enc.value(u)))  # latents are the queries
+    z = z_encoded
     for block in model.blocks:
         z = block(z)
     q, zn = model.decoder_query_norm(h), model.decoder_latent_norm(z)
@@ -172,6 +175,10 @@ def test_perceiver_tokens_meet_the_latents_only_through_cross_attention():
     h2[:, 0] += torch.randn(C, dtype=torch.float64)  # not a constant shift, which LayerNorm removes
     changed = (model.decode(z, h2) - model.decode(z, h)).abs().amax(dim=(0, 2))
     assert changed[0] > 1e-6 and changed[1:].max() == 0
+    # without the encoder residual the latents are only the queries of the encoder's attention
+    plain = tiny("perceiver", encoder_residual=False).double()
+    plain.load_state_dict(model.state_dict())
+    torch.testing.assert_close(plain.encode(h), z_encoded - latents)
     # the latent state has M rows whatever N is
     assert model.encode(h).shape == (B, M, C) and model.encode(h[:, :3]).shape == (B, M, C)
 

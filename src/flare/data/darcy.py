@@ -257,6 +257,14 @@ def grid_inputs(coeff: np.ndarray) -> np.ndarray:
     return np.concatenate([coords, coeff.reshape(samples, r * r, 1)], axis=-1).astype(np.float32)
 
 
+def grid_edges(nx: int, ny: int) -> np.ndarray:
+    """Edges ``[E, 2]`` between horizontally and vertically adjacent nodes of a row-major nx×ny grid."""
+    index = np.arange(nx * ny).reshape(nx, ny)
+    along_y = np.stack([index[:, :-1].ravel(), index[:, 1:].ravel()], axis=1)
+    along_x = np.stack([index[:-1, :].ravel(), index[1:, :].ravel()], axis=1)
+    return np.concatenate([along_x, along_y])
+
+
 def prepare(
     train_file,
     test_file,
@@ -294,6 +302,6 @@ def prepare(
     )
     return write_dataset(
         out_dir, meta,
-        train=(grid_inputs(a_train), u_train.reshape(len(u_train), r * r, 1)),
-        test=(grid_inputs(a_test), u_test.reshape(len(u_test), r * r, 1)),
+        train=(grid_inputs(a_train), u_train.reshape(len(u_train), r * r, 1), grid_edges(r, r)),
+        test=(grid_inputs(a_test), u_test.reshape(len(u_test), r * r, 1), grid_edges(r, r)),
     )

@@ -7,7 +7,8 @@ Each split file holds all samples' points concatenated, so samples may differ in
     y        float32 [P, c_out]  outputs
     offsets  int64   [S + 1]     sample i is rows offsets[i]:offsets[i+1]
     edges, edge_offsets  (optional) int64 [E, 2] and [S + 1]: mesh edges of every sample as pairs of
-             point indices local to the sample (for graph models)
+             point indices local to the sample (for graph models); edge_offsets [0, E] when all
+             samples share one edge list (structured grids)
     normalizer/{x_mean,x_std,y_mean,y_std}  float64 [c]  fitted on the train split only
     attrs    format_version, name, split, source, description, input_channels, output_channels,
              input_units, output_units, normalize_inputs, grid_shape, num_samples,
@@ -90,7 +91,8 @@ def write_dataset(
 
     ``train`` and ``test`` are ``(xs, ys)`` with one ``[points, c_in]`` / ``[points, c_out]`` array per
     sample (a stacked ``[S, points, c]`` array works too), or ``(xs, ys, edges)`` with one ``[E_i, 2]``
-    integer array of point-index pairs per sample for meshes. Returns the written paths.
+    integer array of point-index pairs per sample for meshes (one ``[E, 2]`` array when all samples
+    share their edges). Returns the written paths.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -123,6 +125,10 @@ def write_dataset(
 
 
 def _as_edge_list(edges, xs, name: str, split: str) -> list[np.ndarray]:
+    if isinstance(edges, np.ndarray) and edges.ndim == 2:  # one list shared by every sample
+        if len({len(x) for x in xs}) != 1:
+            raise DatasetFormatError(f"dataset {name!r}, {split}: shared edges need samples of one size")
+        return _as_edge_list([edges], xs[:1], name, split)
     if len(edges) != len(xs):
         raise DatasetFormatError(f"dataset {name!r}, {split}: {len(edges)} edge lists for {len(xs)} samples")
     out = []
@@ -188,6 +194,8 @@ class SplitData:
         """Edges ``[E_i, 2]`` of sample ``i``."""
         if self.edges is None:
             raise ValueError(f"dataset {self.meta.name!r} ({self.split}) holds no mesh edges")
+        if len(self.edge_offsets) == 2:  # shared by every sample
+            return self.edges
         return self.edges[self.edge_offsets[i] : self.edge_offsets[i + 1]]
 
     def __len__(self) -> int:
@@ -235,7 +243,7 @@ def read_split(path: str | Path) -> SplitData:
         raise DatasetFormatError(f"{path}: x {x.shape} / y {y.shape} disagree with the metadata's channels")
     if offsets[0] != 0 or offsets[-1] != len(x) or (np.diff(offsets) <= 0).any():
         raise DatasetFormatError(f"{path}: offsets do not partition the {len(x)} points into samples")
-    if edges is not None and (edge_offsets is None or len(edge_offsets) != len(offsets)
+    if edges is not None and (edge_offsets is None or len(edge_offsets) not in (2, len(offsets))
                               or edge_offsets[-1] != len(edges)):
         raise DatasetFormatError(f"{path}: edge_offsets do not partition the edges into the {len(offsets) - 1} samples")
     return SplitData(meta, split, x, y, offsets, x_norm, y_norm, edges, edge_offsets)

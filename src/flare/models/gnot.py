@@ -8,6 +8,8 @@ once). Here both come from the same tokens, through two separate encoders. Each 
     h = h + SelfAttn(LN(h))               # normalised linear attention among the queries
     h = h + LN(MoE₂(h; g))
 
+(MoE inputs un-normalised, outputs layer-normed, as in GNOT's code.)
+
 Normalised linear attention, per head with ``q = softmax_D(W_q u)``, ``k = softmax_D(W_k w)``:
 
     y_t = q_t·(Σ_s k_s v_sᵀ) / (q_t·Σ_s k_s)  (+ q_t)

@@ -171,6 +171,8 @@ class TransolverConv(Transolver):
     ``x [B, nx·ny, c_in] -> [B, nx·ny, c_out]`` with points ordered row-major over ``grid_shape``.
     """
 
+    needs_grid_shape = True  # trainers fill grid_shape from the dataset's metadata
+
     def __init__(self, in_channels: int, out_channels: int, **hparams):
         grid_shape = hparams.get("grid_shape")
         if grid_shape is None or len(grid_shape) != 2 or any(int(n) < 1 for n in grid_shape):

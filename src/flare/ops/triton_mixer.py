@@ -15,7 +15,9 @@ forward
      writes per-chunk partials (row max, row sum, unnormalised Z) in fp32.
   2. ``_gather_merge_kernel`` grid (M-tiles, B·H): exact log-sum-exp merge of the chunks
      (as in flash-decoding) -> Z (fp32) and lse_gather.
-  3. ``_scatter_fwd_kernel``  grid (N-tiles, B·H): online softmax over M -> Y and lse_scatter.
+  3. ``_scatter_fwd_kernel``  grid (chunks, B·H): each program loops over its token tiles;
+     plain softmax when all latents fit one tile, else online softmax over latent tiles
+     -> Y and lse_scatter.
 backward
   4. ``_bwd_scatter_kernel``  grid (chunks, M-tiles, B·H): per-chunk partial dZ = Pᵀ dY and
      dQ_scatter = dSᵀ K; also writes Δ_s = rowsum(dY ∘ Y).  Partials summed with torch.
@@ -27,12 +29,19 @@ All log-sum-exp values kept between kernels are in base 2 (``lse2 = max·log2(e)
 so that the kernels use ``exp2`` only.  Partials are written to private fp32 buffers and
 summed afterwards: results are deterministic (no atomics).
 
+Tile sizes come from ``default_config`` (a heuristic table tuned on an H100, see
+benchmarks/NOTES-mixer.md); ``flare_mixer_triton_impl`` accepts a ``MixerConfig`` and a forced
+number of N-chunks.  For fp32 inputs the dots use ``input_precision="ieee"`` unless
+``torch.backends.cuda.matmul.allow_tf32`` is set ("tf32"); ``MixerConfig.fp32_precision`` overrides
+(e.g. "tf32x3": fp32-level accuracy on tensor cores).
+
 Importing this module never fails when triton is missing; ``triton_available()`` says whether
 the kernels can run.  The kernels are defined when the module is imported, so the environment
 variable ``TRITON_INTERPRET=1`` (CPU interpreter) must be set before the first import.
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from typing import Optional, Tuple
@@ -49,7 +58,7 @@ except Exception as _exc:  # noqa: BLE001 - any failure means "no triton"
     tl = None
     _TRITON_IMPORT_ERROR = _exc
 
-__all__ = ["flare_mixer_triton", "flare_mixer_triton_impl", "triton_available", "MixerConfig", "default_config"]
+__all__ = ["flare_mixer_triton", "flare_mixer_triton_impl", "triton_available", "MixerConfig", "KernelCfg", "default_config"]
 
 
 def triton_available() -> bool:
@@ -66,6 +75,32 @@ def _interpreting() -> bool:
 # --------------------------------------------------------------------------------------------
 if _TRITON_IMPORT_ERROR is None:
 
+    # log2(e): scores are kept in natural units and scaled inside one FMA, exp2(s·log2e − lse2)
+    _LOG2E = tl.constexpr(1.4426950408889634)
+
+    @triton.jit
+    def _gather_tile(q, k_base, v_base, tile_k, tile_v, rel, skn, svn, n_mask, d_mask,
+                     m_i, l_i, acc, MASK_N: tl.constexpr, DOT_PREC: tl.constexpr):
+        """One token tile of the gather's online softmax (m_i in natural units)."""
+        if MASK_N:
+            kv_mask = n_mask[:, None] & d_mask[None, :]
+        else:
+            kv_mask = d_mask[None, :]
+        k = tl.load(k_base + rel * skn + tile_k, mask=kv_mask, other=0.0)
+        v = tl.load(v_base + rel * svn + tile_v, mask=kv_mask, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
+        if MASK_N:
+            s = tl.where(n_mask[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        # a row whose max is still -inf has seen no token: keep it at exactly zero
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new) * _LOG2E
+        alpha = tl.exp2(m_i * _LOG2E - m_safe)
+        p = tl.exp2(s * _LOG2E - m_safe[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PREC)
+        return m_new, l_i, acc
+
     @triton.jit
     def _gather_fwd_kernel(
         Q, K, V, MP, LP, AP,
@@ -76,7 +111,9 @@ if _TRITON_IMPORT_ERROR is None:
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
         DOT_PREC: tl.constexpr,
     ):
-        """Partial gather of one latent tile over one chunk of tokens (online softmax over N)."""
+        """Partial gather of one latent tile over one chunk of tokens (online softmax over N).
+
+        Writes the chunk's row max (base 2), row sum and unnormalised accumulator."""
         pid_c = tl.program_id(0)
         pid_m = tl.program_id(1)
         pid_bh = tl.program_id(2)
@@ -94,35 +131,26 @@ if _TRITON_IMPORT_ERROR is None:
 
         n_start = pid_c * chunk_len
         n_end = tl.minimum(n_start + chunk_len, N)
-        k_ptrs = (K + b * skb + h * skh + n_start.to(tl.int64) * skn
-                  + offs_n[:, None] * skn + offs_d[None, :] * skd)
-        v_ptrs = (V + b * svb + h * svh + n_start.to(tl.int64) * svn
-                  + offs_n[:, None] * svn + offs_d[None, :] * svd)
+        n_full = n_start + ((n_end - n_start) // BLOCK_N) * BLOCK_N
+        k_base = K + b * skb + h * skh + n_start.to(tl.int64) * skn
+        v_base = V + b * svb + h * svh + n_start.to(tl.int64) * svn
+        tile_k = offs_n[:, None] * skn + offs_d[None, :] * skd
+        tile_v = offs_n[:, None] * svn + offs_d[None, :] * svd
 
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-        for start in range(n_start, n_end, BLOCK_N):
-            n_mask = (start + offs_n) < n_end
-            kv_mask = n_mask[:, None] & d_mask[None, :]
-            k = tl.load(k_ptrs, mask=kv_mask, other=0.0)
-            v = tl.load(v_ptrs, mask=kv_mask, other=0.0)
-            s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * 1.4426950408889634
-            s = tl.where(n_mask[None, :], s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            # a row whose max is still -inf has seen no token: keep it at exactly zero
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            alpha = tl.exp2(m_i - m_safe)
-            p = tl.exp2(s - m_safe[:, None])
-            l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None]
-            acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PREC)
-            m_i = m_new
-            k_ptrs += BLOCK_N * skn
-            v_ptrs += BLOCK_N * svn
+        for start in range(n_start, n_full, BLOCK_N):
+            rel = (start - n_start).to(tl.int64)
+            m_i, l_i, acc = _gather_tile(q, k_base, v_base, tile_k, tile_v, rel, skn, svn, offs_n < BLOCK_N,
+                                         d_mask, m_i, l_i, acc, False, DOT_PREC)
+        if n_full < n_end:
+            rel = (n_full - n_start).to(tl.int64)
+            m_i, l_i, acc = _gather_tile(q, k_base, v_base, tile_k, tile_v, rel, skn, svn,
+                                         (n_full + offs_n) < n_end, d_mask, m_i, l_i, acc, True, DOT_PREC)
 
         row = (pid_bh.to(tl.int64) * C + pid_c) * M + offs_m
-        tl.store(MP + row, m_i, mask=m_mask)
+        tl.store(MP + row, m_i * _LOG2E, mask=m_mask)
         tl.store(LP + row, l_i, mask=m_mask)
         tl.store(AP + row[:, None] * D + offs_d[None, :], acc, mask=m_mask[:, None] & d_mask[None, :])
 
@@ -168,53 +196,80 @@ if _TRITON_IMPORT_ERROR is None:
         Q, K, Z, Y, LSE_S,
         sqb, sqh, sqm, sqd,
         skb, skh, skn, skd,
-        H, M, N, D: tl.constexpr,
+        H, M, N, D: tl.constexpr, chunk_len,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-        DOT_PREC: tl.constexpr,
+        ONE_M_TILE: tl.constexpr, EVEN_M: tl.constexpr, DOT_PREC: tl.constexpr,
     ):
-        """Y = softmax_M(K Qᵀ) Z for one tile of tokens (online softmax over latent tiles)."""
-        pid_n = tl.program_id(0)
+        """Y = softmax_M(K Qᵀ) Z for the token tiles of one chunk.
+
+        ONE_M_TILE: all latents in one register tile (plain softmax, Q and Z loaded once);
+        otherwise an online softmax over latent tiles.  Rows are independent, so padded tokens
+        need no masking except at the store; padded latents (EVEN_M false) get -inf scores."""
+        pid_c = tl.program_id(0)
         pid_bh = tl.program_id(1)
         b = (pid_bh // H).to(tl.int64)
         h = (pid_bh % H).to(tl.int64)
+        bh = pid_bh.to(tl.int64)
 
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_n = tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, BLOCK_D)
         offs_mt = tl.arange(0, BLOCK_M)
-        n_mask = offs_n < N
         d_mask = offs_d < D
-        nd_mask = n_mask[:, None] & d_mask[None, :]
 
-        k = tl.load(K + b * skb + h * skh + offs_n.to(tl.int64)[:, None] * skn + offs_d[None, :] * skd,
-                    mask=nd_mask, other=0.0)
+        n_start = pid_c * chunk_len
+        n_end = tl.minimum(n_start + chunk_len, N)
+        k_base = K + b * skb + h * skh + n_start.to(tl.int64) * skn
+        tile_k = offs_n[:, None] * skn + offs_d[None, :] * skd
+        tok0 = bh * N + n_start
         q_base = Q + b * sqb + h * sqh
-        z_base = Z + pid_bh.to(tl.int64) * M * D
+        z_base = Z + bh * M * D
 
-        m_i = tl.full([BLOCK_N], float("-inf"), tl.float32)
-        l_i = tl.zeros([BLOCK_N], tl.float32)
-        acc = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-        for start_m in range(0, M, BLOCK_M):
-            offs_m = start_m + offs_mt
-            m_mask = offs_m < M
+        if ONE_M_TILE:
+            m_mask = offs_mt < M
             md_mask = m_mask[:, None] & d_mask[None, :]
-            q = tl.load(q_base + offs_m[:, None] * sqm + offs_d[None, :] * sqd, mask=md_mask, other=0.0)
-            z = tl.load(z_base + offs_m[:, None] * D + offs_d[None, :], mask=md_mask, other=0.0).to(k.dtype)
-            s = tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * 1.4426950408889634
-            s = tl.where(m_mask[None, :], s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            alpha = tl.exp2(m_i - m_safe)
-            p = tl.exp2(s - m_safe[:, None])
-            l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None]
-            acc = tl.dot(p.to(k.dtype), z, acc, input_precision=DOT_PREC)
-            m_i = m_new
+            q1 = tl.load(q_base + offs_mt[:, None] * sqm + offs_d[None, :] * sqd, mask=md_mask, other=0.0)
+            z1 = tl.load(z_base + offs_mt[:, None] * D + offs_d[None, :], mask=md_mask, other=0.0).to(q1.dtype)
 
-        l_safe = tl.where(l_i > 0.0, l_i, 1.0)
-        y = acc / l_safe[:, None]
-        row = pid_bh.to(tl.int64) * N + offs_n
-        tl.store(Y + row[:, None] * D + offs_d[None, :], y.to(Y.dtype.element_ty), mask=nd_mask)
-        tl.store(LSE_S + row, m_i + tl.log2(l_safe), mask=n_mask)
+        for start in range(n_start, n_end, BLOCK_N):
+            rel = (start - n_start).to(tl.int64)
+            n_mask = (start + offs_n) < n_end
+            nd_mask = n_mask[:, None] & d_mask[None, :]
+            k = tl.load(k_base + rel * skn + tile_k, mask=nd_mask, other=0.0)
+            if ONE_M_TILE:
+                s = tl.dot(k, tl.trans(q1), input_precision=DOT_PREC)
+                if not EVEN_M:
+                    s = tl.where(m_mask[None, :], s, float("-inf"))
+                m_i = tl.max(s, 1) * _LOG2E
+                p = tl.exp2(s * _LOG2E - m_i[:, None])
+                l_i = tl.sum(p, 1)
+                acc = tl.dot(p.to(k.dtype), z1, input_precision=DOT_PREC)
+            else:
+                m_i = tl.full([BLOCK_N], float("-inf"), tl.float32)
+                l_i = tl.zeros([BLOCK_N], tl.float32)
+                acc = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+                for start_m in range(0, M, BLOCK_M):
+                    offs_m = start_m + offs_mt
+                    m_mask = offs_m < M
+                    md_mask = m_mask[:, None] & d_mask[None, :]
+                    q = tl.load(q_base + offs_m[:, None] * sqm + offs_d[None, :] * sqd, mask=md_mask, other=0.0)
+                    z = tl.load(z_base + offs_m[:, None] * D + offs_d[None, :], mask=md_mask,
+                                other=0.0).to(k.dtype)
+                    s = tl.dot(k, tl.trans(q), input_precision=DOT_PREC)
+                    if not EVEN_M:
+                        s = tl.where(m_mask[None, :], s, float("-inf"))
+                    m_new = tl.maximum(m_i, tl.max(s, 1) * _LOG2E)  # base 2
+                    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+                    alpha = tl.exp2(m_i - m_safe)
+                    p = tl.exp2(s * _LOG2E - m_safe[:, None])
+                    l_i = l_i * alpha + tl.sum(p, 1)
+                    acc = acc * alpha[:, None]
+                    acc = tl.dot(p.to(k.dtype), z, acc, input_precision=DOT_PREC)
+                    m_i = m_new
+            l_safe = tl.where(l_i > 0.0, l_i, 1.0)
+            y = acc / l_safe[:, None]
+            rows = tok0 + rel + offs_n
+            tl.store(Y + rows[:, None] * D + offs_d[None, :], y.to(Y.dtype.element_ty), mask=nd_mask)
+            tl.store(LSE_S + rows, m_i + tl.log2(l_safe), mask=n_mask)
 
     @triton.jit
     def _bwd_scatter_kernel(
@@ -228,15 +283,18 @@ if _TRITON_IMPORT_ERROR is None:
     ):
         """Backward of the scatter, reduced over one chunk of tokens for one latent tile.
 
-        P = 2^(S·log2e − lse2_s), dP = dY Zᵀ, dS = P ∘ (dP − Δ_s):
-        partial dZ = Pᵀ dY and partial dQ_scatter = dSᵀ K.  Programs of latent tile 0 also
-        write Δ_s = rowsum(dY ∘ Y) for the main backward kernel.
+        In [latent, token] orientation: Pᵀ = 2^(Sᵀ·log2e − lse2_s), dPᵀ = Z dYᵀ,
+        dSᵀ = Pᵀ ∘ (dPᵀ − Δ_s): partial dZ = Pᵀ dY and partial dQ_scatter = dSᵀ K.
+        Programs of latent tile 0 also write Δ_s = rowsum(dY ∘ Y).
+        No score masking is needed: padded tokens load lse = +inf (so Pᵀ = 0 there) and padded
+        latent rows only ever reach their own (never stored) output rows.
         """
         pid_c = tl.program_id(0)
         pid_m = tl.program_id(1)
         pid_bh = tl.program_id(2)
         b = (pid_bh // H).to(tl.int64)
         h = (pid_bh % H).to(tl.int64)
+        bh = pid_bh.to(tl.int64)
 
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_d = tl.arange(0, BLOCK_D)
@@ -247,74 +305,124 @@ if _TRITON_IMPORT_ERROR is None:
 
         q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd,
                     mask=md_mask, other=0.0)
-        zrow = pid_bh.to(tl.int64) * M + offs_m
+        zrow = bh * M + offs_m
         z = tl.load(Z + zrow[:, None] * D + offs_d[None, :], mask=md_mask, other=0.0).to(q.dtype)
 
         n_start = pid_c * chunk_len
         n_end = tl.minimum(n_start + chunk_len, N)
         n0 = n_start.to(tl.int64)
-        k_ptrs = K + b * skb + h * skh + n0 * skn + offs_n[:, None] * skn + offs_d[None, :] * skd
-        dy_ptrs = DY + b * sdb + h * sdh + n0 * sdn + offs_n[:, None] * sdn + offs_d[None, :] * sdd
-        tok0 = pid_bh.to(tl.int64) * N + n0
-        y_ptrs = Y + tok0 * D + offs_n[:, None] * D + offs_d[None, :]
-        lse_ptrs = LSE_S + tok0 + offs_n
-        delta_ptrs = DELTA_S + tok0 + offs_n
-
+        k_base = K + b * skb + h * skh + n0 * skn
+        dy_base = DY + b * sdb + h * sdh + n0 * sdn
+        tile_k = offs_n[:, None] * skn + offs_d[None, :] * skd
+        tile_dy = offs_n[:, None] * sdn + offs_d[None, :] * sdd
+        tok0 = bh * N + n0
         first_tile = (offs_n * 0 + pid_m) == 0  # only latent tile 0 writes Δ_s
+
         dz_acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
         dq_acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
         for start in range(n_start, n_end, BLOCK_N):
+            rel = (start - n_start).to(tl.int64)
             n_mask = (start + offs_n) < n_end
             nd_mask = n_mask[:, None] & d_mask[None, :]
-            k = tl.load(k_ptrs, mask=nd_mask, other=0.0)
-            dy = tl.load(dy_ptrs, mask=nd_mask, other=0.0).to(q.dtype)
-            y = tl.load(y_ptrs, mask=nd_mask, other=0.0)
-            lse = tl.load(lse_ptrs, mask=n_mask, other=0.0)
+            k = tl.load(k_base + rel * skn + tile_k, mask=nd_mask, other=0.0)
+            dy = tl.load(dy_base + rel * sdn + tile_dy, mask=nd_mask, other=0.0).to(q.dtype)
+            rows = tok0 + rel + offs_n
+            y = tl.load(Y + rows[:, None] * D + offs_d[None, :], mask=nd_mask, other=0.0)
+            lse = tl.load(LSE_S + rows, mask=n_mask, other=float("inf"))
             delta = tl.sum(dy.to(tl.float32) * y.to(tl.float32), 1)
-            tl.store(delta_ptrs, delta, mask=n_mask & first_tile)
+            tl.store(DELTA_S + rows, delta, mask=n_mask & first_tile)
 
-            # transposed orientation [latents, tokens]: no register tile needs transposing
-            st = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * 1.4426950408889634
-            pt = tl.exp2(st - lse[None, :])
-            pt = tl.where(m_mask[:, None] & n_mask[None, :], pt, 0.0)
+            st = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
+            pt = tl.exp2(st * _LOG2E - lse[None, :])
             dz_acc = tl.dot(pt.to(q.dtype), dy, dz_acc, input_precision=DOT_PREC)
             dpt = tl.dot(z, tl.trans(dy), input_precision=DOT_PREC)
             dst = pt * (dpt - delta[None, :])
             dq_acc = tl.dot(dst.to(q.dtype), k, dq_acc, input_precision=DOT_PREC)
 
-            k_ptrs += BLOCK_N * skn
-            dy_ptrs += BLOCK_N * sdn
-            y_ptrs += BLOCK_N * D
-            lse_ptrs += BLOCK_N
-            delta_ptrs += BLOCK_N
-
-        prow = (pid_bh.to(tl.int64) * C + pid_c) * M + offs_m
+        prow = (bh * C + pid_c) * M + offs_m
         tl.store(DZP + prow[:, None] * D + offs_d[None, :], dz_acc, mask=md_mask)
         tl.store(DQP + prow[:, None] * D + offs_d[None, :], dq_acc, mask=md_mask)
 
     @triton.jit
     def _bwd_tile(k, v, dy, lse_s, delta_s, n_mask,
                   q, z, dz, lse_g, delta_g, m_mask,
-                  dk, dv, dq, DOT_PREC: tl.constexpr):
+                  dk, dv, dq, MASK: tl.constexpr, DOT_PREC: tl.constexpr):
         """Both backward contributions of one (token tile, latent tile) pair; S computed once.
 
-        Ordered so that at most three [BLOCK_N, BLOCK_M] fp32 tiles are live at a time.
-        """
-        s = tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * 1.4426950408889634  # [BN, BM]
-        valid = n_mask[:, None] & m_mask[None, :]
+        Ordered so that at most three [BLOCK_N, BLOCK_M] fp32 tiles are live at a time.  MASK
+        zeroes padded tokens / latents (needed only for a ragged tile: 2^(−lse) of a padded
+        entry can overflow and meet a zero operand)."""
+        s = tl.dot(k, tl.trans(q), input_precision=DOT_PREC)  # [BN, BM], natural units
         # gather (transposed): A = softmax over tokens, columns = latents
-        a = tl.where(valid, tl.exp2(s - lse_g[None, :]), 0.0)
+        a = tl.exp2(s * _LOG2E - lse_g[None, :])
+        if MASK:
+            a = tl.where(n_mask[:, None] & m_mask[None, :], a, 0.0)
         dv = tl.dot(a.to(k.dtype), dz, dv, input_precision=DOT_PREC)
         da = tl.dot(v, tl.trans(dz), input_precision=DOT_PREC)
         dsg = (a * (da - delta_g[None, :])).to(k.dtype)
         dq = tl.dot(tl.trans(dsg), k, dq, input_precision=DOT_PREC)
         dk = tl.dot(dsg, q, dk, input_precision=DOT_PREC)
         # scatter: P = softmax over latents, rows = tokens
-        p = tl.where(valid, tl.exp2(s - lse_s[:, None]), 0.0)
+        p = tl.exp2(s * _LOG2E - lse_s[:, None])
+        if MASK:
+            p = tl.where(n_mask[:, None] & m_mask[None, :], p, 0.0)
         dp = tl.dot(dy, tl.trans(z), input_precision=DOT_PREC)
         ds = (p * (dp - delta_s[:, None])).to(k.dtype)
         dk = tl.dot(ds, q, dk, input_precision=DOT_PREC)
         return dk, dv, dq
+
+    @triton.jit
+    def _bwd_main_ntile(
+        start, n_start, n_end, offs_n, offs_d, d_mask,
+        k_base, v_base, dy_base, tile_k, tile_v, tile_dy, skn, svn, sdn,
+        tok0, LSE_S, DELTA_S, DK, DV,
+        q, z, dz, lse_g, delta_g, dq,
+        q_base, sqm, sqd, Z, DZ, LSE_G, DELTA_G, zrow0, dq_base, M,
+        D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        ONE_M_TILE: tl.constexpr, MASK: tl.constexpr, DOT_PREC: tl.constexpr,
+    ):
+        """One token tile of the main backward: loads, every latent tile, dK / dV stores.
+
+        ONE_M_TILE: q, z, dz, lse_g, delta_g are the register-resident latent operands and dq
+        the running register accumulator (returned); otherwise they are unused and each latent
+        tile's dQ partial is updated in memory."""
+        rel = (start - n_start).to(tl.int64)
+        n_mask = (start + offs_n) < n_end
+        nd_mask = n_mask[:, None] & d_mask[None, :]
+        k = tl.load(k_base + rel * skn + tile_k, mask=nd_mask, other=0.0)
+        v = tl.load(v_base + rel * svn + tile_v, mask=nd_mask, other=0.0)
+        dy = tl.load(dy_base + rel * sdn + tile_dy, mask=nd_mask, other=0.0).to(k.dtype)
+        rows = tok0 + rel + offs_n
+        lse_s = tl.load(LSE_S + rows, mask=n_mask, other=float("inf"))
+        delta_s = tl.load(DELTA_S + rows, mask=n_mask, other=0.0)
+        dk = tl.zeros_like(k.to(tl.float32))
+        dv = tl.zeros_like(dk)
+        offs_mt = tl.arange(0, BLOCK_M)
+        if ONE_M_TILE:
+            dk, dv, dq = _bwd_tile(k, v, dy, lse_s, delta_s, n_mask, q, z, dz, lse_g, delta_g, offs_mt < M,
+                                   dk, dv, dq, MASK, DOT_PREC)
+        else:
+            for start_m in range(0, M, BLOCK_M):
+                offs_m = start_m + offs_mt
+                m_mask = offs_m < M
+                md_mask = m_mask[:, None] & d_mask[None, :]
+                qt = tl.load(q_base + offs_m[:, None] * sqm + offs_d[None, :] * sqd, mask=md_mask, other=0.0)
+                zoff = (zrow0 + offs_m)[:, None] * D + offs_d[None, :]
+                zt = tl.load(Z + zoff, mask=md_mask, other=0.0).to(k.dtype)
+                dzt = tl.load(DZ + zoff, mask=md_mask, other=0.0).to(k.dtype)
+                lse_gt = tl.load(LSE_G + zrow0 + offs_m, mask=m_mask, other=float("inf"))
+                delta_gt = tl.load(DELTA_G + zrow0 + offs_m, mask=m_mask, other=0.0)
+                dq_ptrs = dq_base + offs_m[:, None] * D + offs_d[None, :]
+                dqt = tl.load(dq_ptrs, mask=md_mask, other=0.0)
+                dk, dv, dqt = _bwd_tile(k, v, dy, lse_s, delta_s, n_mask, qt, zt, dzt, lse_gt, delta_gt, m_mask,
+                                        dk, dv, dqt, MASK, DOT_PREC)
+                tl.store(dq_ptrs, dqt, mask=md_mask)
+                # the next visit of this tile may be made by other threads of the program
+                tl.debug_barrier()
+        out = rows[:, None] * D + offs_d[None, :]
+        tl.store(DK + out, dk.to(DK.dtype.element_ty), mask=nd_mask)
+        tl.store(DV + out, dv.to(DV.dtype.element_ty), mask=nd_mask)
+        return dq
 
     @triton.jit
     def _bwd_main_kernel(
@@ -325,12 +433,14 @@ if _TRITON_IMPORT_ERROR is None:
         sdb, sdh, sdn, sdd,
         H, M, N, D: tl.constexpr, chunk_len, C,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-        ONE_M_TILE: tl.constexpr, DOT_PREC: tl.constexpr,
+        ONE_M_TILE: tl.constexpr, EVEN_M: tl.constexpr, DOT_PREC: tl.constexpr,
     ):
         """dK (scatter + gather), dV and a partial dQ_gather for one chunk of tokens.
 
         With ONE_M_TILE all latents sit in one tile kept in registers and dQ accumulates in
         registers; otherwise the chunk's private fp32 dQ partial is updated in place per tile.
+        Full token tiles run unmasked when EVEN_M (M a multiple of BLOCK_M); the ragged last
+        tile of the chunk runs masked after the loop.
         """
         pid_c = tl.program_id(0)
         pid_bh = tl.program_id(1)
@@ -345,89 +455,51 @@ if _TRITON_IMPORT_ERROR is None:
 
         n_start = pid_c * chunk_len
         n_end = tl.minimum(n_start + chunk_len, N)
+        n_full = n_start + ((n_end - n_start) // BLOCK_N) * BLOCK_N
         n0 = n_start.to(tl.int64)
-        k_ptrs = K + b * skb + h * skh + n0 * skn + offs_n[:, None] * skn + offs_d[None, :] * skd
-        v_ptrs = V + b * svb + h * svh + n0 * svn + offs_n[:, None] * svn + offs_d[None, :] * svd
-        dy_ptrs = DY + b * sdb + h * sdh + n0 * sdn + offs_n[:, None] * sdn + offs_d[None, :] * sdd
+        k_base = K + b * skb + h * skh + n0 * skn
+        v_base = V + b * svb + h * svh + n0 * svn
+        dy_base = DY + b * sdb + h * sdh + n0 * sdn
+        tile_k = offs_n[:, None] * skn + offs_d[None, :] * skd
+        tile_v = offs_n[:, None] * svn + offs_d[None, :] * svd
+        tile_dy = offs_n[:, None] * sdn + offs_d[None, :] * sdd
         tok0 = bh * N + n0
-        out_off = tok0 * D + offs_n[:, None] * D + offs_d[None, :]
-        lse_ptrs = LSE_S + tok0 + offs_n
-        delta_ptrs = DELTA_S + tok0 + offs_n
 
         q_base = Q + b * sqb + h * sqh
         zrow0 = bh * M
         dq_base = DQP + (bh * C + pid_c) * M * D
 
+        m_mask = offs_mt < M
+        md_mask = m_mask[:, None] & d_mask[None, :]
+        dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
         if ONE_M_TILE:
-            m_mask = offs_mt < M
-            md_mask = m_mask[:, None] & d_mask[None, :]
             q = tl.load(q_base + offs_mt[:, None] * sqm + offs_d[None, :] * sqd, mask=md_mask, other=0.0)
             zoff = (zrow0 + offs_mt)[:, None] * D + offs_d[None, :]
             z = tl.load(Z + zoff, mask=md_mask, other=0.0).to(q.dtype)
             dz = tl.load(DZ + zoff, mask=md_mask, other=0.0).to(q.dtype)
-            lse_g = tl.load(LSE_G + zrow0 + offs_mt, mask=m_mask, other=0.0)
+            lse_g = tl.load(LSE_G + zrow0 + offs_mt, mask=m_mask, other=float("inf"))
             delta_g = tl.load(DELTA_G + zrow0 + offs_mt, mask=m_mask, other=0.0)
-            dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-            for start in range(n_start, n_end, BLOCK_N):
-                n_mask = (start + offs_n) < n_end
-                nd_mask = n_mask[:, None] & d_mask[None, :]
-                k = tl.load(k_ptrs, mask=nd_mask, other=0.0)
-                v = tl.load(v_ptrs, mask=nd_mask, other=0.0)
-                dy = tl.load(dy_ptrs, mask=nd_mask, other=0.0).to(k.dtype)
-                lse_s = tl.load(lse_ptrs, mask=n_mask, other=0.0)
-                delta_s = tl.load(delta_ptrs, mask=n_mask, other=0.0)
-                dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-                dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-                dk, dv, dq = _bwd_tile(k, v, dy, lse_s, delta_s, n_mask,
-                                       q, z, dz, lse_g, delta_g, m_mask,
-                                       dk, dv, dq, DOT_PREC)
-                tl.store(DK + out_off, dk.to(DK.dtype.element_ty), mask=nd_mask)
-                tl.store(DV + out_off, dv.to(DV.dtype.element_ty), mask=nd_mask)
-                k_ptrs += BLOCK_N * skn
-                v_ptrs += BLOCK_N * svn
-                dy_ptrs += BLOCK_N * sdn
-                lse_ptrs += BLOCK_N
-                delta_ptrs += BLOCK_N
-                out_off += BLOCK_N * D
+        else:  # unused placeholders
+            q = 0
+            z = 0
+            dz = 0
+            lse_g = 0
+            delta_g = 0
+
+        for start in range(n_start, n_full, BLOCK_N):
+            dq = _bwd_main_ntile(start, n_start, n_end, offs_n, offs_d, d_mask,
+                                 k_base, v_base, dy_base, tile_k, tile_v, tile_dy, skn, svn, sdn,
+                                 tok0, LSE_S, DELTA_S, DK, DV, q, z, dz, lse_g, delta_g, dq,
+                                 q_base, sqm, sqd, Z, DZ, LSE_G, DELTA_G, zrow0, dq_base, M,
+                                 D, BLOCK_M, BLOCK_N, ONE_M_TILE, not EVEN_M, DOT_PREC)
+        if n_full < n_end:
+            dq = _bwd_main_ntile(n_full, n_start, n_end, offs_n, offs_d, d_mask,
+                                 k_base, v_base, dy_base, tile_k, tile_v, tile_dy, skn, svn, sdn,
+                                 tok0, LSE_S, DELTA_S, DK, DV, q, z, dz, lse_g, delta_g, dq,
+                                 q_base, sqm, sqd, Z, DZ, LSE_G, DELTA_G, zrow0, dq_base, M,
+                                 D, BLOCK_M, BLOCK_N, ONE_M_TILE, True, DOT_PREC)
+        if ONE_M_TILE:
             tl.store(dq_base + offs_mt[:, None] * D + offs_d[None, :], dq, mask=md_mask)
-        else:
-            for start in range(n_start, n_end, BLOCK_N):
-                n_mask = (start + offs_n) < n_end
-                nd_mask = n_mask[:, None] & d_mask[None, :]
-                k = tl.load(k_ptrs, mask=nd_mask, other=0.0)
-                v = tl.load(v_ptrs, mask=nd_mask, other=0.0)
-                dy = tl.load(dy_ptrs, mask=nd_mask, other=0.0).to(k.dtype)
-                lse_s = tl.load(lse_ptrs, mask=n_mask, other=0.0)
-                delta_s = tl.load(delta_ptrs, mask=n_mask, other=0.0)
-                dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-                dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-                for start_m in range(0, M, BLOCK_M):
-                    offs_m = start_m + offs_mt
-                    m_mask = offs_m < M
-                    md_mask = m_mask[:, None] & d_mask[None, :]
-                    q = tl.load(q_base + offs_m[:, None] * sqm + offs_d[None, :] * sqd,
-                                mask=md_mask, other=0.0)
-                    zoff = (zrow0 + offs_m)[:, None] * D + offs_d[None, :]
-                    z = tl.load(Z + zoff, mask=md_mask, other=0.0).to(k.dtype)
-                    dz = tl.load(DZ + zoff, mask=md_mask, other=0.0).to(k.dtype)
-                    lse_g = tl.load(LSE_G + zrow0 + offs_m, mask=m_mask, other=0.0)
-                    delta_g = tl.load(DELTA_G + zrow0 + offs_m, mask=m_mask, other=0.0)
-                    dq_ptrs = dq_base + offs_m[:, None] * D + offs_d[None, :]
-                    dq = tl.load(dq_ptrs, mask=md_mask, other=0.0)
-                    dk, dv, dq = _bwd_tile(k, v, dy, lse_s, delta_s, n_mask,
-                                           q, z, dz, lse_g, delta_g, m_mask,
-                                           dk, dv, dq, DOT_PREC)
-                    tl.store(dq_ptrs, dq, mask=md_mask)
-                    # the next visit of this tile may be made by other threads of the program
-                    tl.debug_barrier()
-                tl.store(DK + out_off, dk.to(DK.dtype.element_ty), mask=nd_mask)
-                tl.store(DV + out_off, dv.to(DV.dtype.element_ty), mask=nd_mask)
-                k_ptrs += BLOCK_N * skn
-                v_ptrs += BLOCK_N * svn
-                dy_ptrs += BLOCK_N * sdn
-                lse_ptrs += BLOCK_N
-                delta_ptrs += BLOCK_N
-                out_off += BLOCK_N * D
 
 
 # --------------------------------------------------------------------------------------------
@@ -439,6 +511,8 @@ class KernelCfg:
     block_n: int
     num_warps: int = 4
     num_stages: int = 2
+    # programs per SM to aim for on a split-N kernel (None: MixerConfig.programs_per_sm)
+    programs_per_sm: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -464,8 +538,9 @@ def _clamp_pow2(x: int, lo: int, hi: int) -> int:
     return max(lo, min(hi, _next_pow2(x)))
 
 
+@functools.lru_cache(maxsize=256)
 def default_config(M: int, D: int, N: int, dtype: torch.dtype, interpret: bool = False) -> MixerConfig:
-    """Heuristic table (tuned on H100, see benchmarks/NOTES-mixer.md)."""
+    """Heuristic table (tuned on H100 at N = 2^20, see benchmarks/NOTES-mixer.md)."""
     bd = max(16, _next_pow2(D))
     if interpret:
         # small tiles: the interpreter's cost is per element, and the loops get exercised
@@ -476,30 +551,35 @@ def default_config(M: int, D: int, N: int, dtype: torch.dtype, interpret: bool =
             merge_block_m=32, programs_per_sm=1, min_tiles_per_chunk=1,
         )
     if dtype == torch.float32:
-        # fp32 dots run on FMA units ("ieee"), which need many registers: small tiles, no spills
+        # fp32 "ieee" dots run on FMA units and need many registers: small tiles, few spills
+        if bd <= 16:
+            bm = _clamp_pow2(M, 16, 64)
+            return MixerConfig(
+                gather=KernelCfg(bm, 64, 4, 3, programs_per_sm=8), scatter=KernelCfg(bm, 64, 4, 2, programs_per_sm=8),
+                bwd_scatter=KernelCfg(_clamp_pow2(M, 16, 32), 32, 4, 2),
+                bwd_main=KernelCfg(_clamp_pow2(M, 16, 32), 64, 4, 2),
+            )
+        bm = _clamp_pow2(M, 16, 32)
+        return MixerConfig(
+            gather=KernelCfg(bm, 32 if bd <= 32 else 16, 4, 2), scatter=KernelCfg(bm, 32, 4, 2),
+            bwd_scatter=KernelCfg(bm, 16, 4, 2), bwd_main=KernelCfg(bm, 16, 4, 2),
+        )
+    if bd >= 64:  # [tile, D] operands twice as large: halve the token tiles
         bm = _clamp_pow2(M, 16, 64)
         return MixerConfig(
-            gather=KernelCfg(bm, 64 if bd <= 16 else 32, 4, 3),
-            scatter=KernelCfg(bm, 64 if bd <= 16 else 32, 4, 2),
-            bwd_scatter=KernelCfg(bm, 16, 4, 2),
-            bwd_main=KernelCfg(_clamp_pow2(M, 16, 32), 32 if bd <= 16 else 16, 4, 2),
+            gather=KernelCfg(bm, 64, 4, 3), scatter=KernelCfg(bm, 64, 4, 2),
+            bwd_scatter=KernelCfg(bm, 32, 4, 2), bwd_main=KernelCfg(bm, 32, 8, 2),
         )
-    wide = bd >= 64  # [tile, D] operands twice as large: halve the token tiles
-    g_bm = _clamp_pow2(M, 16, 128)
-    if wide:
-        gather = KernelCfg(g_bm, 64, 4 if g_bm <= 64 else 8, 3)
+    if M <= 64:
+        bm = _clamp_pow2(M, 16, 64)
+        gather = KernelCfg(bm, 128, 4, 3, programs_per_sm=2)
+        scatter = KernelCfg(bm, 128, 4, 3)
+        bwd_scatter = KernelCfg(bm, 64, 4, 3)
     else:
-        gather = KernelCfg(g_bm, 128, 4 if g_bm <= 64 else 8, 3)
-    scatter = KernelCfg(_clamp_pow2(M, 16, 64), 128, 8, 2)
-    b1_bm = _clamp_pow2(M, 16, 64 if wide else 128)
-    bwd_scatter = KernelCfg(b1_bm, 32 if wide else 64, 4 if b1_bm <= 64 else 8, 2)
-    b2_bm = _clamp_pow2(M, 16, 64)
-    if wide:
-        bwd_main = KernelCfg(b2_bm, 32, 4, 2)
-    elif M <= b2_bm:  # all latents in one tile: dQ stays in registers
-        bwd_main = KernelCfg(b2_bm, 64, 8, 2)
-    else:
-        bwd_main = KernelCfg(b2_bm, 64, 4, 2)
+        gather = KernelCfg(128, 64, 4, 3, programs_per_sm=8)
+        scatter = KernelCfg(64, 128, 4, 2, programs_per_sm=8)
+        bwd_scatter = KernelCfg(128, 64, 8, 3)
+    bwd_main = KernelCfg(_clamp_pow2(M, 16, 64), 64, 4, 3)
     return MixerConfig(gather=gather, scatter=scatter, bwd_scatter=bwd_scatter, bwd_main=bwd_main)
 
 
@@ -527,7 +607,8 @@ def _split_n(N: int, block_n: int, want: int) -> Tuple[int, int]:
 
 def _want_chunks(cfg: MixerConfig, kc: KernelCfg, N: int, other_programs: int, sms: int) -> int:
     tiles = -(-N // kc.block_n)
-    by_sm = -(-cfg.programs_per_sm * sms // max(1, other_programs))
+    pps = kc.programs_per_sm if kc.programs_per_sm is not None else cfg.programs_per_sm
+    by_sm = -(-pps * sms // max(1, other_programs))
     by_len = max(1, tiles // max(1, cfg.min_tiles_per_chunk))
     return max(1, min(by_sm, by_len))
 
@@ -582,17 +663,20 @@ def _run_gather(q, k, v, cfg: MixerConfig, num_chunks: Optional[int] = None):
     return z, lse_g
 
 
-def _run_scatter(q, k, z, cfg: MixerConfig):
+def _run_scatter(q, k, z, cfg: MixerConfig, num_chunks: Optional[int] = None):
     """Y = softmax_M(K Qᵀ) Z -> Y [B, H, N, D] (input dtype), lse2_scatter [B·H, N] fp32."""
     B, H, M, N, D, bd = _dims(q, k)
     s = cfg.scatter
     y = torch.empty((B, H, N, D), device=k.device, dtype=k.dtype)
     lse_s = torch.empty((B * H, N), device=k.device, dtype=torch.float32)
-    LAST_LAUNCH["scatter_fwd_kernel"] = _scatter_fwd_kernel[(-(-N // s.block_n), B * H)](
+    want = num_chunks if num_chunks is not None else _want_chunks(cfg, s, N, B * H, _sm_count(k.device))
+    C, chunk_len = _split_n(N, s.block_n, want)
+    LAST_LAUNCH["scatter_fwd_kernel"] = _scatter_fwd_kernel[(C, B * H)](
         q, k, z, y, lse_s,
         *_q_strides(q), *k.stride(),
-        H, M, N, D,
-        BLOCK_M=s.block_m, BLOCK_N=s.block_n, BLOCK_D=bd, DOT_PREC=_dot_precision(k.dtype, cfg),
+        H, M, N, D, chunk_len,
+        BLOCK_M=s.block_m, BLOCK_N=s.block_n, BLOCK_D=bd,
+        ONE_M_TILE=M <= s.block_m, EVEN_M=M % s.block_m == 0, DOT_PREC=_dot_precision(k.dtype, cfg),
         num_warps=s.num_warps, num_stages=s.num_stages,
     )
     return y, lse_s
@@ -639,7 +723,7 @@ def _run_bwd_main(q, k, v, z, dz, dy, lse_g, delta_g, lse_s, delta_s, cfg: Mixer
         q, k, v, z, dz, dy, lse_g, delta_g, lse_s, delta_s, dk, dv, dqp,
         *_q_strides(q), *k.stride(), *v.stride(), *dy.stride(),
         H, M, N, D, chunk2, C2,
-        BLOCK_M=c2.block_m, BLOCK_N=c2.block_n, BLOCK_D=bd, ONE_M_TILE=one_tile,
+        BLOCK_M=c2.block_m, BLOCK_N=c2.block_n, BLOCK_D=bd, ONE_M_TILE=one_tile, EVEN_M=M % c2.block_m == 0,
         DOT_PREC=_dot_precision(k.dtype, cfg),
         num_warps=c2.num_warps, num_stages=c2.num_stages,
     )
@@ -649,7 +733,7 @@ def _run_bwd_main(q, k, v, z, dz, dy, lse_g, delta_g, lse_s, delta_s, cfg: Mixer
 
 def _forward(q, k, v, cfg: MixerConfig, num_chunks: Optional[int]):
     z, lse_g = _run_gather(q, k, v, cfg, num_chunks)
-    y, lse_s = _run_scatter(q, k, z, cfg)
+    y, lse_s = _run_scatter(q, k, z, cfg, num_chunks)
     return y, z, lse_g, lse_s
 
 

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from flare.data.loader import StandardDataset, load_splits
 from flare.inference import check_model_fits_dataset, per_sample_relative_l2, pick_device
 from flare.metrics import relative_l2_with_gradients
-from flare.models import build
+from flare.models import MODELS, build
 from flare.settings import deep_merge, model_settings
 from flare.train.checkpoint import (
     LATEST,
@@ -75,6 +75,10 @@ def resolve_config(dataset_dir: str | Path, model: str, seed: int, overrides: Ma
         raise ValueError(f"unknown override section(s) {sorted(unknown)}; allowed: model, train")
     settings = deep_merge(model_settings(model, meta.name), overrides)
     train_cfg = TrainConfig.from_dict(settings["train"])
+    if getattr(MODELS.get(model), "needs_grid_shape", False):  # sized from the data, not from settings
+        if len(meta.grid_shape) != 2:
+            raise ValueError(f"model {model!r} needs a 2-D structured grid; dataset {meta.name!r} has none")
+        settings["model"]["grid_shape"] = list(meta.grid_shape)
     return {
         "dataset": meta.name,
         "dataset_dir": str(dataset_dir),

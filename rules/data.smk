@@ -8,6 +8,7 @@ rule generate_darcy:
         "results/logs/generate_darcy/r{resolution}_N{samples}_smooth{smooth}.log",
     params:
         seed=lambda w: dataset_config("darcy")["seed"] + int(w.smooth),
+    threads: 8
     wildcard_constraints:
         resolution=r"\d+",
         samples=r"\d+",
@@ -16,7 +17,7 @@ rule generate_darcy:
         "../environment.yml"
     shell:
         "python -m flare data generate-darcy --out {output} --resolution {wildcards.resolution} "
-        "--samples {wildcards.samples} --seed {params.seed} > {log} 2>&1"
+        "--samples {wildcards.samples} --seed {params.seed} --workers {threads} > {log} 2>&1"
 
 
 rule download_darcy:

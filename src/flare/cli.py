@@ -85,7 +85,8 @@ def cmd_aggregate(args) -> None:
 def cmd_generate_darcy(args) -> None:
     from flare.data.darcy import generate_file
 
-    generate_file(args.out, args.resolution, args.samples, args.seed, progress=not args.no_progress)
+    generate_file(args.out, args.resolution, args.samples, args.seed, progress=not args.no_progress,
+                  workers=args.workers)
 
 
 def cmd_prepare_darcy(args) -> None:
@@ -173,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution", type=int, required=True, help="grid nodes per side (FNO: 421)")
     p.add_argument("--samples", type=int, required=True)
     p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--workers", type=int, default=1, help="processes for the solves [%(default)s]")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_generate_darcy)
     p = dsub.add_parser("prepare-darcy", help="convert FNO Darcy .mat files to the standard format")

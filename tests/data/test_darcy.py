@@ -278,3 +278,10 @@ def test_read_fno_mat_errors_name_the_file(tmp_path):
     scipy.io.savemat(other, {"coeff": np.ones((2, 5, 5))})
     with pytest.raises(KeyError, match="other.mat"):
         read_fno_mat(other)
+
+
+def test_generate_with_worker_processes_equals_sequential():
+    a1, u1 = darcy.generate(9, 5, seed=3)
+    a2, u2 = darcy.generate(9, 5, seed=3, workers=2)
+    np.testing.assert_array_equal(a1, a2)
+    np.testing.assert_array_equal(u1, u2)

@@ -142,13 +142,16 @@ def solve(a: np.ndarray, f: float | np.ndarray = 1.0) -> np.ndarray:
     return u
 
 
-def generate(resolution: int, num_samples: int, seed: int, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def generate(
+    resolution: int, num_samples: int, seed: int, progress: bool = False, workers: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
     """Generate ``num_samples`` (coefficient, solution) pairs with the FNO recipe.
 
     Returns ``(coeff, sol)``, each ``[S, R, R]`` float64. Deterministic given ``seed``: one
     ``np.random.default_rng(seed)`` feeds all samples in order, so sample ``i`` of a run
-    equals sample ``i`` of any longer run with the same seed and resolution.
-    progress: show a tqdm progress bar on stderr.
+    equals sample ``i`` of any longer run with the same seed and resolution, whatever ``workers``.
+    progress: show a tqdm progress bar on stderr. workers: processes for the solves (the fields
+    are drawn in order first, so the result does not depend on it).
     """
     resolution = _check_resolution(resolution)
     if int(num_samples) != num_samples or num_samples < 1:
@@ -156,11 +159,17 @@ def generate(resolution: int, num_samples: int, seed: int, progress: bool = Fals
     num_samples = int(num_samples)
     rng = np.random.default_rng(seed)
     coeff = np.empty((num_samples, resolution, resolution), dtype=np.float64)
-    sol = np.empty_like(coeff)
-    samples = tqdm(range(num_samples), desc=f"Darcy r={resolution}", unit="sample", file=sys.stderr, disable=not progress)
-    for s in samples:
+    for s in range(num_samples):
         coeff[s] = threshold_coefficient(gaussian_random_field(resolution, rng))
-        sol[s] = solve(coeff[s], 1.0)
+    bar = dict(total=num_samples, desc=f"Darcy r={resolution}", unit="sample", file=sys.stderr,
+               disable=not progress)
+    if workers > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers) as pool:
+            sol = np.stack(list(tqdm(pool.map(solve, coeff, chunksize=4), **bar)))
+    else:
+        sol = np.stack([solve(a, 1.0) for a in tqdm(coeff, **bar)])
     return coeff, sol
 
 
@@ -204,9 +213,10 @@ def write_fno_mat(path, coeff: np.ndarray, sol: np.ndarray) -> None:
         raise
 
 
-def generate_file(path, resolution: int, num_samples: int, seed: int, progress: bool = True) -> None:
+def generate_file(path, resolution: int, num_samples: int, seed: int, progress: bool = True,
+                  workers: int = 1) -> None:
     """:func:`generate` then :func:`write_fno_mat` to ``path``."""
-    coeff, sol = generate(resolution, num_samples, seed, progress=progress)
+    coeff, sol = generate(resolution, num_samples, seed, progress=progress, workers=workers)
     write_fno_mat(path, coeff, sol)
 
 

@@ -1,4 +1,5 @@
 # Helpers shared by the rules: config validation, paths, targets. No rules here.
+import json
 import shlex
 from pathlib import Path
 
@@ -11,8 +12,8 @@ shell.prefix(f'export PYTHONPATH={_SRC}"${{{{PYTHONPATH:+:$PYTHONPATH}}}}"; ')
 
 validate(config, schema="../config/schema.yaml")
 
-KNOWN_DATASETS = ("darcy",)
 DATASETS_IN_CONFIG = sorted(config["datasets"])
+GENERATORS = ("darcy", "elasticity")
 KNOWN_MODELS = sorted(p.stem for p in (Path(workflow.basedir) / "config" / "models").glob("*.yaml"))
 
 
@@ -23,11 +24,28 @@ def _check_config():
             raise ValueError(
                 f"config key 'models': unknown model {model!r}; allowed: {', '.join(KNOWN_MODELS)}"
             )
+    for model, datasets in config["skip"].items():
+        for name in datasets:
+            if name not in config["datasets"]:
+                raise ValueError(
+                    f"config key 'skip.{model}': {name!r} is not one of the configured datasets "
+                    f"({', '.join(config['datasets'])})"
+                )
     for model in config["overrides"]:
         if model not in config["models"]:
             raise ValueError(
                 f"config key 'overrides.{model}': {model!r} is not in 'models' ({', '.join(config['models'])})"
             )
+    for name, entry in config["datasets"].items():
+        if entry["source"] == "local" and not entry.get("local_dir"):
+            raise ValueError(f"config key 'datasets.{name}.local_dir' is required when source is 'local'")
+        if entry["source"] == "generate" and name not in GENERATORS:
+            raise ValueError(
+                f"config key 'datasets.{name}.source': no embedded generator for {name!r} "
+                f"(generators: {', '.join(GENERATORS)}); use download or local"
+            )
+        if entry.get("kind") == "meshfolder" and entry["source"] != "local":
+            raise ValueError(f"config key 'datasets.{name}.source' must be 'local' for a mesh folder")
     if config["ablations"]["sweeps"]:
         for key in ("dataset", "model"):
             known = DATASETS_IN_CONFIG if key == "dataset" else KNOWN_MODELS
@@ -36,10 +54,6 @@ def _check_config():
                     f"config key 'ablations.{key}': {config['ablations'].get(key)!r} is not one of "
                     f"{', '.join(known)}"
                 )
-    for name, entry in config["datasets"].items():
-        if entry["source"] == "local" and not entry.get("local_dir"):
-            raise ValueError(f"config key 'datasets.{name}.local_dir' is required when source is 'local'")
-
 
 _check_config()
 
@@ -72,19 +86,43 @@ def train_arguments(wildcards):
     return " ".join(f"--set {shlex.quote(item)}" for item in items)
 
 
-def darcy_raw_files(wildcards):
-    """The two FNO-layout .mat files the Darcy dataset is prepared from, by the configured source."""
-    cfg = dataset_config("darcy")
-    folder = {
-        "generate": "results/raw/darcy",
-        "download": "resources/darcy",
-        "local": cfg.get("local_dir"),
-    }[cfg["source"]]
-    names = [
-        f"piececonst_r{cfg['resolution']}_N{cfg['samples_per_file']}_smooth{k}.mat"
-        for k in (1, 2)
-    ]
-    return {"train": f"{folder}/{names[0]}", "test": f"{folder}/{names[1]}"}
+def dataset_options(wildcards):
+    """The dataset's config entry without the keys that choose where its raw files come from (JSON)."""
+    entry = {
+        k: v
+        for k, v in dataset_config(wildcards.dataset).items()
+        if k not in ("source", "local_dir", "variant")
+    }
+    return json.dumps(entry, sort_keys=True)
+
+
+prepare_options = dataset_options
+
+
+def variant_option(wildcards):
+    variant = dataset_config(wildcards.dataset).get("variant")
+    return f"--variant {shlex.quote(variant)}" if variant else ""
+
+
+def raw_location(wildcards):
+    """Where prepare finds the raw files: a download's manifest, or the generated / local folder."""
+    entry = dataset_config(wildcards.dataset)
+    if entry["source"] == "download":
+        return f"--manifest resources/{wildcards.dataset}/download.json"
+    folder = (
+        f"results/raw/{wildcards.dataset}" if entry["source"] == "generate" else entry["local_dir"]
+    )
+    return f"--raw-dir {shlex.quote(folder)}"
+
+
+def raw_manifest(wildcards):
+    """What prepare waits for: the generator's or the download's manifest; nothing for a local folder."""
+    source = dataset_config(wildcards.dataset)["source"]
+    if source == "generate":
+        return f"results/raw/{wildcards.dataset}/generate.json"
+    if source == "download":
+        return f"resources/{wildcards.dataset}/download.json"
+    return []
 
 
 ABLATIONS = config["ablations"]
@@ -115,13 +153,15 @@ def ablation_runs(param, name):
     ]
 
 
-def evaluation_files():
-    evals = [
-        f"results/runs/{d}/{m}/seed{s}/eval.json"
-        for d in DATASETS
-        for m in MODELS
-        for s in SEEDS
+def runs():
+    """Every (dataset, model) pair to train, less the pairs listed under config key `skip`."""
+    return [
+        (d, m) for d in DATASETS for m in MODELS if d not in config["skip"].get(m, [])
     ]
+
+
+def evaluation_files():
+    evals = [f"results/runs/{d}/{m}/seed{s}/eval.json" for d, m in runs() for s in SEEDS]
     if config["report"]["mean_field"]:
         evals += [f"results/runs/{d}/mean_field/eval.json" for d in DATASETS]
     return evals

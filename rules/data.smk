@@ -1,53 +1,54 @@
-# Raw data (generated, downloaded or local) -> the standard format results/datasets/<name>/.
+# Raw data (generated, downloaded or a local folder) -> the standard format results/datasets/<name>/.
+# Which source a dataset uses is its config entry's `source`. Downloads share one cache,
+# resources/hub/ (elasticity, airfoil and pipe come from one archive), and each dataset's manifest
+# resources/<dataset>/download.json lists its files.
 
 
-rule generate_darcy:
+rule generate_raw:
     output:
-        "results/raw/darcy/piececonst_r{resolution}_N{samples}_smooth{smooth}.mat",
+        "results/raw/{dataset}/generate.json",
     log:
-        "results/logs/generate_darcy/r{resolution}_N{samples}_smooth{smooth}.log",
+        "results/logs/data/generate_{dataset}.log",
     params:
-        seed=lambda w: dataset_config("darcy")["seed"] + int(w.smooth),
+        options=dataset_options,
     threads: 8
-    wildcard_constraints:
-        resolution=r"\d+",
-        samples=r"\d+",
-        smooth="[12]",
     conda:
         "../environment.yml"
     shell:
-        "python -m flare data generate-darcy --out {output} --resolution {wildcards.resolution} "
-        "--samples {wildcards.samples} --seed {params.seed} --workers {threads} > {log} 2>&1"
+        "python -m flare data generate --dataset {wildcards.dataset} --raw-dir results/raw/{wildcards.dataset} "
+        "--options {params.options:q} --workers {threads} > {log} 2>&1"
 
 
-rule download_darcy:
+rule download_raw:
     output:
-        "resources/darcy/piececonst_r{resolution}_N{samples}_smooth{smooth}.mat",
+        "resources/{dataset}/download.json",
     log:
-        "results/logs/download_darcy/r{resolution}_N{samples}_smooth{smooth}.log",
-    wildcard_constraints:
-        resolution=r"\d+",
-        samples=r"\d+",
-        smooth="[12]",
-    conda:
-        "../environment.yml"
-    script:
-        "../workflow/scripts/download_darcy.py"
-
-
-rule prepare_darcy:
-    input:
-        unpack(darcy_raw_files),
-    output:
-        train="results/datasets/darcy/train.h5",
-        test="results/datasets/darcy/test.h5",
-    log:
-        "results/logs/prepare/darcy.log",
+        "results/logs/data/download_{dataset}.log",
     params:
-        subsample=lambda w: dataset_config("darcy")["subsample"],
-        num_train=lambda w: dataset_config("darcy")["num_train"],
-        num_test=lambda w: dataset_config("darcy")["num_test"],
+        variant=variant_option,
+        base_url=config["download"]["base_url"],
+        checksums=config["download"]["checksums"],
     conda:
         "../environment.yml"
-    script:
-        "../workflow/scripts/prepare_darcy.py"
+    shell:
+        "python -m flare data fetch --dataset {wildcards.dataset} --raw-dir resources/hub "
+        "--manifest {output} --base-url {params.base_url:q} --checksums {params.checksums:q} --no-progress {params.variant} "
+        "> {log} 2>&1"
+
+
+rule prepare:
+    input:
+        raw_manifest,
+    output:
+        train="results/datasets/{dataset}/train.h5",
+        test="results/datasets/{dataset}/test.h5",
+    log:
+        "results/logs/data/prepare_{dataset}.log",
+    params:
+        raw=raw_location,
+        options=prepare_options,
+    conda:
+        "../environment.yml"
+    shell:
+        "python -m flare data prepare --dataset {wildcards.dataset} {params.raw} "
+        "--out results/datasets/{wildcards.dataset} --options {params.options:q} > {log} 2>&1"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -14,8 +15,9 @@ DESCRIPTION = """\
 FLARE: train and evaluate neural PDE surrogates, prepare datasets, build the report.
 
 Typical use (the Snakemake workflow runs the same commands):
-  flare data generate-darcy --out results/raw/darcy/piececonst_r61_N240_smooth1.mat --resolution 61 --samples 240 --seed 1
-  flare data prepare-darcy --train <smooth1.mat> --test <smooth2.mat> --out results/datasets/darcy --subsample 2
+  flare data generate --dataset darcy --raw-dir results/raw/darcy --options '{"resolution": 61, "samples_per_file": 240}'
+  flare data prepare --dataset darcy --raw-dir results/raw/darcy --out results/datasets/darcy \
+      --options '{"resolution": 61, "samples_per_file": 240, "subsample": 2, "num_train": 200, "num_test": 40}'
   flare train --dataset darcy --model flare --seed 0 --out results/runs/darcy/flare/seed0 --epochs 20
   flare evaluate --run results/runs/darcy/flare/seed0
 """
@@ -82,17 +84,56 @@ def cmd_aggregate(args) -> None:
     relative_l2_figure(runs, args.figure)
 
 
-def cmd_generate_darcy(args) -> None:
-    from flare.data.darcy import generate_file
+def _options(args) -> dict:
+    options = json.loads(args.options) if args.options else {}
+    if not isinstance(options, dict):
+        raise ValueError(f"--options must be a JSON object, got {args.options!r}")
+    return options
 
-    generate_file(args.out, args.resolution, args.samples, args.seed, progress=not args.no_progress,
-                  workers=args.workers)
+
+def _write_manifest(path: Path, files) -> None:
+    """A small JSON list of what a data step produced; it is the step's declared output."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps({"files": sorted(str(f) for f in files)}, indent=2))
+    tmp.replace(path)
 
 
-def cmd_prepare_darcy(args) -> None:
-    from flare.data.darcy import prepare
+def cmd_data_generate(args) -> None:
+    from flare.data.registry import get_dataset
 
-    prepare(args.train, args.test, args.out, args.subsample, args.num_train, args.num_test)
+    spec = get_dataset(args.dataset)
+    if spec.generate is None:
+        raise ValueError(f"dataset {args.dataset!r} has no embedded generator; use source download or local")
+    raw_dir = Path(args.raw_dir)
+    files = spec.generate(raw_dir, {**_options(args), "workers": args.workers})
+    _write_manifest(raw_dir / "generate.json", files if isinstance(files, list) else
+                    [p for p in raw_dir.rglob("*") if p.is_file() and p.name != "generate.json"])
+
+
+def cmd_data_fetch(args) -> None:
+    from flare.data.sources import download_source
+
+    files = download_source(args.dataset, Path(args.raw_dir), base_url=args.base_url,
+                            checksums_file=args.checksums, variant=args.variant, progress=not args.no_progress)
+    _write_manifest(Path(args.manifest) if args.manifest else Path(args.raw_dir) / "download.json", files)
+
+
+def cmd_data_prepare(args) -> None:
+    from flare.data.registry import get_dataset
+
+    options = _options(args)
+    kind = options.pop("kind", args.dataset)
+    if kind == "meshfolder":
+        options.setdefault("name", args.dataset)
+    if args.manifest:  # the folder that holds every file a download produced
+        files = json.loads(Path(args.manifest).read_text())["files"]
+        raw_dir = Path(os.path.commonpath([os.path.dirname(f) for f in files]))
+    elif args.raw_dir:
+        raw_dir = Path(args.raw_dir)
+    else:
+        raise ValueError("give the raw files' folder with --raw-dir or a download manifest with --manifest")
+    get_dataset(kind).prepare(raw_dir, Path(args.out), options)
 
 
 def cmd_launch(args) -> None:
@@ -169,22 +210,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="dataset generation and conversion")
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
-    p = dsub.add_parser("generate-darcy", help="generate Darcy samples (FNO recipe) into an FNO-layout .mat file")
-    p.add_argument("--out", required=True, help="output .mat file, e.g. piececonst_r61_N240_smooth1.mat")
-    p.add_argument("--resolution", type=int, required=True, help="grid nodes per side (FNO: 421)")
-    p.add_argument("--samples", type=int, required=True)
-    p.add_argument("--seed", type=int, required=True)
+    options_help = "the dataset's settings as a JSON object (the workflow passes its config entry)"
+    p = dsub.add_parser("generate", help="run a dataset's embedded generator (darcy, elasticity)")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--raw-dir", required=True, help="folder for the generated raw files")
+    p.add_argument("--options", help=options_help)
     p.add_argument("--workers", type=int, default=1, help="processes for the solves [%(default)s]")
+    p.set_defaults(func=cmd_data_generate)
+    p = dsub.add_parser("fetch", help="download a dataset's published files, verify sha256, extract safely")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--raw-dir", required=True, help="download cache shared by all datasets, e.g. resources/hub")
+    p.add_argument("--manifest", help="JSON list of the dataset's files to write [RAW_DIR/download.json]")
+    p.add_argument("--variant", help="a dataset's variant, e.g. drivaerml 40k")
+    p.add_argument("--base-url", default="https://huggingface.co", help="mirror of the dataset hub [%(default)s]")
+    p.add_argument("--checksums", default="config/checksums.yaml",
+                   help="sha256 store: known hashes are verified, new ones recorded [%(default)s]")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=cmd_generate_darcy)
-    p = dsub.add_parser("prepare-darcy", help="convert FNO Darcy .mat files to the standard format")
-    p.add_argument("--train", required=True, help=".mat file of the training samples (smooth1)")
-    p.add_argument("--test", required=True, help=".mat file of the test samples (smooth2)")
+    p.set_defaults(func=cmd_data_fetch)
+    p = dsub.add_parser("prepare", help="convert raw files to the standard format (train.h5, test.h5)")
+    p.add_argument("--dataset", required=True, help="registered dataset, or any name with options kind=meshfolder")
+    p.add_argument("--raw-dir", help="folder holding the raw files (searched recursively)")
+    p.add_argument("--manifest", help="instead of --raw-dir: the manifest `flare data fetch` wrote")
     p.add_argument("--out", required=True, help="dataset folder to write train.h5 and test.h5 into")
-    p.add_argument("--subsample", type=int, default=5, help="keep every k-th node [%(default)s: 421 -> 85]")
-    p.add_argument("--num-train", type=int, default=1000)
-    p.add_argument("--num-test", type=int, default=200)
-    p.set_defaults(func=cmd_prepare_darcy)
+    p.add_argument("--options", help=options_help)
+    p.set_defaults(func=cmd_data_prepare)
     return parser
 
 

@@ -184,7 +184,7 @@ def test_tiny_workflow_runs_under_slurm(local_slurm, tmp_path):
 
     # every job went through sbatch: a SLURM log per rule and wildcards, and slurmctld knows the jobs
     planned = job_counts(output)
-    assert {"generate_darcy", "prepare_darcy", "train", "evaluate", "mean_field"} <= set(planned), planned
+    assert {"generate_raw", "prepare", "train", "evaluate", "mean_field"} <= set(planned), planned
     submitted = output.count("has been submitted with SLURM jobid")
     assert submitted == sum(planned.values()), (submitted, planned)
     assert {p.name.removeprefix("rule_") for p in slurm_logs.iterdir()} == set(planned), sorted(slurm_logs.iterdir())

@@ -34,21 +34,18 @@ def write_config(path, **changes):
     return path
 
 
-def test_paper_config_dry_run_lists_darcy_flare_three_seeds(tmp_path):
+def test_paper_config_dry_run_lists_the_full_grid(tmp_path):
     out = snakemake(tmp_path, "-n", "--printshellcmds").stdout
     counts = job_counts(out)
-    assert counts["train"] == 3 and counts["evaluate"] == 3 and counts["download_darcy"] == 2
+    datasets = ("elasticity", "darcy", "airfoil", "pipe", "drivaerml", "lpbf")
+    assert counts["download_raw"] == 6 and counts["prepare"] == 6
+    assert counts["train"] == counts["evaluate"] == (6 * 8 - 3 - 3 - 5) * 3  # models × datasets − skips, 3 seeds
     assert counts["train_ablation"] == 6 + 5 + 4 + 5 and counts["ablation_report"] == 4
-    for seed in (0, 1, 2):
-        assert f"--model flare --seed {seed} --out results/runs/darcy/flare/seed{seed}" in out
-    assert "piececonst_r421_N1024_smooth1.mat" in out
-
-
-def test_missing_paper_files_fail_with_where_to_put_them(tmp_path):
-    result = snakemake(tmp_path, "--cores", "1", "resources/darcy/piececonst_r421_N1024_smooth1.mat", check=False)
-    assert result.returncode != 0
-    log = (tmp_path / "results/logs/download_darcy/r421_N1024_smooth1.log").read_text()
-    assert "Place it at resources/darcy/piececonst_r421_N1024_smooth1.mat" in log
+    for dataset in datasets:
+        assert f"flare data fetch --dataset {dataset} " in out
+        assert f"--model flare --seed 2 --out results/runs/{dataset}/flare/seed2" in out
+    assert "--model transformer --seed 0 --out results/runs/pipe/" not in out  # the paper's "~"
+    assert "--model mesh_gnn --seed 0 --out results/runs/lpbf/mesh_gnn/seed0" in out
 
 
 def test_lint_reports_nothing(tmp_path):
@@ -65,6 +62,8 @@ def test_lint_reports_nothing(tmp_path):
         ({"models": ["flair"]}, r"unknown model 'flair'; allowed: flare"),
         ({"datasets": {"darcy": {"source": "ftp"}}}, r"'ftp' is not one of \['download', 'generate', 'local'\]"),
         ({"train": {"epoch": 3}}, r"'epoch' is not one of"),
+        ({"datasets": {"airfoil": {"source": "generate"}}}, r"datasets.airfoil.source': no embedded generator"),
+        ({"skip": {"flare": ["pipe"]}}, r"'skip.flare': 'pipe' is not one of the configured datasets"),
     ],
 )
 def test_invalid_config_stops_before_any_job(tmp_path, changes, message):

@@ -44,6 +44,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 POS_SCALE_MM = (30.0, 30.0, 60.0)
+EDGE_KEY = "edge_index"
 POS_KEY = "pos"
 DISP_KEY = "disp"
 SPLITS = ("train", "test")
@@ -132,6 +133,17 @@ def resolve_files(folder, index_dir=None) -> tuple[dict[str, list[Path]], dict[s
     return files, nodes, f"split from the index tables in {Path(index_dir).name}/"
 
 
+def read_edges(path, num_nodes: int) -> np.ndarray | None:
+    """The sample's mesh edges ``[E, 2]`` from ``edge_index [2, E]``, or None when the file has none."""
+    with np.load(path, allow_pickle=False) as data:
+        if EDGE_KEY not in data.files:
+            return None
+        edges = np.asarray(data[EDGE_KEY])
+    if edges.ndim != 2 or edges.shape[0] != 2 or (edges.size and (edges.min() < 0 or edges.max() >= num_nodes)):
+        raise ValueError(f"{path}: {EDGE_KEY!r} must be [2, E] node indices below {num_nodes}; got {edges.shape}")
+    return edges.T.astype(np.int64)
+
+
 def read_sample(path, num_nodes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(pos [N, 3] mm, disp [N, 3] mm)`` float32 of one sample; errors name the file."""
     path = Path(path)
@@ -169,12 +181,16 @@ def prepare(folder, out_dir, index_dir=None, source: str = "LPBF_FLARE published
     scale = np.asarray(POS_SCALE_MM, dtype=np.float32)
     samples = {}
     for split in SPLITS:
-        xs, ys = [], []
+        xs, ys, edges = [], [], []
         for path, n in zip(files[split], nodes[split]):
             pos, disp = read_sample(path, n)
             xs.append(pos / scale)
             ys.append(disp[:, 2:3])
-        samples[split] = (xs, ys)
+            edges.append(read_edges(path, len(pos)))
+        # mesh edges travel with the samples when every file has them (graph models need them)
+        samples[split] = (xs, ys, edges) if all(e is not None for e in edges) else (xs, ys)
+    if len(samples["train"]) != len(samples["test"]):
+        samples = {split: value[:2] for split, value in samples.items()}
     meta = DatasetMeta(
         name="lpbf",
         input_channels=["x", "y", "z"],

@@ -1,11 +1,16 @@
 # Helpers shared by the rules: config validation, paths, targets. No rules here.
 import json
 import shlex
+import sys
 from pathlib import Path
 
 from snakemake.utils import validate
 
-# Jobs (shell and script) import the `flare` package of this checkout, also in a --use-conda env.
+# Jobs (shell and script) import the `flare` package of this checkout, also in a --use-conda env,
+# and so does the workflow itself (for the dataset registry).
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+from flare.data.registry import DATASETS as REGISTERED_DATASETS  # noqa: E402  (stdlib-only import)
+
 _SRC = shlex.quote(str(Path(workflow.basedir) / "src"))
 # (the prefix is formatted like a shell command, so shell braces are doubled)
 shell.prefix(f'export PYTHONPATH={_SRC}"${{{{PYTHONPATH:+:$PYTHONPATH}}}}"; ')
@@ -13,7 +18,7 @@ shell.prefix(f'export PYTHONPATH={_SRC}"${{{{PYTHONPATH:+:$PYTHONPATH}}}}"; ')
 validate(config, schema="../config/schema.yaml")
 
 DATASETS_IN_CONFIG = sorted(config["datasets"])
-GENERATORS = ("darcy", "elasticity")
+GENERATORS = sorted(n for n, spec in REGISTERED_DATASETS.items() if spec.generate is not None)
 KNOWN_MODELS = sorted(p.stem for p in (Path(workflow.basedir) / "config" / "models").glob("*.yaml"))
 
 
@@ -37,9 +42,15 @@ def _check_config():
                 f"config key 'overrides.{model}': {model!r} is not in 'models' ({', '.join(config['models'])})"
             )
     for name, entry in config["datasets"].items():
+        kind = entry.get("kind", name)
+        if kind not in REGISTERED_DATASETS:
+            raise ValueError(
+                f"config key 'datasets.{name}': unknown dataset; registered: "
+                f"{', '.join(sorted(REGISTERED_DATASETS))} (or kind: meshfolder for a folder of meshes)"
+            )
         if entry["source"] == "local" and not entry.get("local_dir"):
             raise ValueError(f"config key 'datasets.{name}.local_dir' is required when source is 'local'")
-        if entry["source"] == "generate" and name not in GENERATORS:
+        if entry["source"] == "generate" and kind not in GENERATORS:
             raise ValueError(
                 f"config key 'datasets.{name}.source': no embedded generator for {name!r} "
                 f"(generators: {', '.join(GENERATORS)}); use download or local"

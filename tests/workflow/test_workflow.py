@@ -10,11 +10,9 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
-
-
-def snakemake(workdir, *args, check=True):
-    result = subprocess.run([*SNAKEMAKE, "--directory", str(workdir), *args],
+def snakemake(workdir, *args, check=True, snakefile=REPO / "Snakefile"):
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(snakefile), "--directory", str(workdir)]
+    result = subprocess.run([*command, *args],
                             capture_output=True, text=True, timeout=600)
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")

@@ -25,15 +25,6 @@ BASELINES = sorted(TINY)
 PAPER_DATASETS = ["elasticity", "darcy", "airfoil", "pipe", "drivaerml", "lpbf"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread than with thread hand-offs on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny(name: str, c_in: int = 3, c_out: int = 2, **overrides):
     return build(name, c_in, c_out, **{**TINY[name], **overrides})
 

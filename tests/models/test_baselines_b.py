@@ -22,15 +22,6 @@ POINT_CLOUD_MODELS = ["lno", "transolver"]
 ALL_MODELS = list(TINY)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads, and on a shared 2-core machine threads stall each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def grid_edges(nx: int, ny: int) -> torch.Tensor:
     """Undirected edges ``[2, E]`` of an nx×ny grid whose nodes are numbered row-major."""
     index = torch.arange(nx * ny).view(nx, ny)

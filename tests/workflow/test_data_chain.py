@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from flare.data.format import read_split
-from flare.data.sources import LPBF_FLARE, PDE_SURROGATES  # noqa: F401  (the repositories served)
+from flare.data.sources import PDE_SURROGATES
 from tests.data.conftest import hub  # noqa: F401  (fixture)
 from tests.data.miniatures import drivaerml_tarball, fno_tarball, geo_fno_tarball
 from tests.workflow.test_workflow import snakemake

@@ -1,6 +1,5 @@
 """The Snakemake workflow: DAGs of the shipped configs, config validation, lint, a tiny real run."""
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path

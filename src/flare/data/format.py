@@ -22,7 +22,6 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import h5py
 import numpy as np

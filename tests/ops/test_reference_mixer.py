@@ -92,3 +92,23 @@ def test_flare_model_takes_the_backend_as_a_setting():
     torch.manual_seed(0)
     model = build("flare", 2, 1, channel_dim=8, num_blocks=1, num_heads=2, num_latents=4, attn_backend="auto")
     assert model.blocks[0].mixer.backend == "auto" and model(torch.randn(1, 6, 2)).shape == (1, 6, 1)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_flash_backend_matches_reference_in_bf16():
+    from flare.ops import flash_available
+
+    if not flash_available():
+        pytest.skip("flash-attn is not installed (pip install 'flare[flash]')")
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(4, 64, 16, device="cuda", generator=g, dtype=torch.bfloat16, requires_grad=True)
+    k = torch.randn(2, 4, 1000, 16, device="cuda", generator=g, dtype=torch.bfloat16, requires_grad=True)
+    v = torch.randn(2, 4, 1000, 16, device="cuda", generator=g, dtype=torch.bfloat16, requires_grad=True)
+    dy = torch.randn(2, 4, 1000, 16, device="cuda", generator=g, dtype=torch.bfloat16)
+    outs = {}
+    for backend in ("reference", "flash"):
+        y = flare_mixer(q, k, v, backend=backend)
+        outs[backend] = (y, *torch.autograd.grad(y, (q, k, v), dy))
+    for got, want in zip(outs["flash"], outs["reference"]):
+        assert ((got.float() - want.float()).norm() / want.float().norm()).item() < 1e-2

@@ -7,10 +7,23 @@ import yaml
 from flare.data.format import read_split
 from flare.data.sources import PDE_SURROGATES
 from tests.data.conftest import hub  # noqa: F401  (fixture)
-from tests.data.miniatures import drivaerml_tarball, fno_tarball, geo_fno_tarball
+from tests.data.miniatures import drivaerml_tarball, fno_tarball, geo_fno_tarball, npz_bytes, write_tar
 from tests.workflow.test_workflow import snakemake
 
-DATASETS = ("elasticity", "darcy", "airfoil", "pipe", "drivaerml")
+DATASETS = ("elasticity", "darcy", "airfoil", "pipe", "drivaerml", "lpbf")
+
+
+def lpbf_tarball(path, cases=(("train", 7), ("train", 5), ("train", 6), ("test", 4))):
+    """A miniature LPBF.tar.gz: <split>/<case>.npz with node positions, displacements and mesh edges."""
+    rng = np.random.default_rng(2)
+    members = {}
+    for i, (split, n) in enumerate(cases):
+        members[f"LPBF/{split}/case{i:05d}_part.npz"] = npz_bytes(
+            pos=(rng.random((n, 3)) * [30, 30, 60]).astype(np.float32),
+            disp=rng.normal(0, 0.1, (n, 3)).astype(np.float32),
+            edge_index=np.stack([np.arange(n - 1), np.arange(1, n)]).astype(np.int64),
+        )
+    write_tar(path, members)
 
 
 @pytest.fixture
@@ -20,6 +33,7 @@ def served(hub, tmp_path):  # noqa: F811
     geo_fno_tarball(archives / "Geo-FNO.tar.gz", samples=5)
     fno_tarball(archives / "FNO.tar.gz", samples=3, resolution=9)
     drivaerml_tarball(archives / "drivaerml_surface_presampled_40k.tar.gz")
+    lpbf_tarball(archives / "LPBF.tar.gz")
     for archive in archives.iterdir():
         hub.serve_hf(PDE_SURROGATES, archive.name, archive.read_bytes())
     return hub
@@ -33,6 +47,7 @@ def chain_config(path, base_url, checksums):
             "airfoil": {"source": "download", "num_train": 3, "num_test": 2},
             "pipe": {"source": "download", "num_train": 3, "num_test": 2},
             "drivaerml": {"source": "download", "variant": "40k"},
+            "lpbf": {"source": "download"},
         },
         "download": {"base_url": base_url, "checksums": str(checksums)},
     }
@@ -53,8 +68,10 @@ def test_download_prepare_chain_with_recorded_then_verified_checksums(served, tm
         assert train.meta.name == name and train.x.shape == (3 * points, c_in) and train.y.shape[1] == c_out
     drivaerml = read_split(work / "results/datasets/drivaerml/test.h5")
     assert len(drivaerml) == 1 and drivaerml.x.shape == (16, 3)
+    lpbf = read_split(work / "results/datasets/lpbf/train.h5")
+    assert len(lpbf) == 3 and lpbf.x.shape == (18, 3) and lpbf.edges is not None  # mesh edges kept
     recorded = yaml.safe_load(checksums.read_text())
-    assert len(recorded) == 3 and all(len(h) == 64 for h in recorded.values())
+    assert len(recorded) == 4 and all(len(h) == 64 for h in recorded.values())
     assert served.count(f"/datasets/{PDE_SURROGATES}/resolve/main/Geo-FNO.tar.gz") == 1  # shared, cached
 
     # A tampered cache is caught on the next use; the converted dataset stays as it was.

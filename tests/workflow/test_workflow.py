@@ -94,6 +94,10 @@ def test_tiny_workflow_end_to_end(tmp_path):
     assert ablation["parameters"].iloc[1] > ablation["parameters"].iloc[0]  # more latents, more parameters
     assert (tmp_path / "results/figures/ablation_num_latents.pdf").exists()
 
+    snakemake(tmp_path, "--configfile", str(config), "--report", str(tmp_path / "report.html"))
+    report = (tmp_path / "report.html").read_text()
+    assert "relative_l2.png" in report and "ablation_num_latents.png" in report
+
     again = snakemake(tmp_path, "--cores", "2", "--configfile", str(config))
     assert "Nothing to be done" in again.stdout + again.stderr
 

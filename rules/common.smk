@@ -107,8 +107,6 @@ def dataset_options(wildcards):
     return json.dumps(entry, sort_keys=True)
 
 
-prepare_options = dataset_options
-
 
 def variant_option(wildcards):
     variant = dataset_config(wildcards.dataset).get("variant")

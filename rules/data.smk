@@ -46,7 +46,7 @@ rule prepare:
         "results/logs/data/prepare_{dataset}.log",
     params:
         raw=raw_location,
-        options=prepare_options,
+        options=dataset_options,
     conda:
         "../environment.yml"
     shell:

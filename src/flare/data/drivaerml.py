@@ -34,7 +34,6 @@ import re
 import zipfile
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 XYZ_MIN = (-0.9425, -1.1314, -0.3176)
@@ -155,16 +154,6 @@ def normalize_coordinates(xyz: np.ndarray) -> np.ndarray:
     return ((np.asarray(xyz, dtype=np.float64) - lo) / (hi - lo)).astype(np.float32)
 
 
-def _set_output_normalizer(paths, mean: float, std: float, note: str) -> None:
-    """Replace the train-fitted output normaliser written by ``write_dataset`` with fixed values."""
-    for path in paths:
-        with h5py.File(path, "r+") as f:
-            g = f["normalizer"]
-            g["y_mean"][...] = np.array([mean], dtype=np.float64)
-            g["y_std"][...] = np.array([std], dtype=np.float64)
-            g.attrs["fitted_on"] = note
-
-
 def prepare(folder, out_dir, splits_file=None, pressure_normalizer: str = "reference",
             source: str = "DrivAerML presampled surface runs") -> dict:
     """Convert a folder of presampled DrivAerML runs to the standard format (see the module docstring).
@@ -174,6 +163,7 @@ def prepare(folder, out_dir, splits_file=None, pressure_normalizer: str = "refer
     reference code, default) or ``"train"`` (fitted on the train split). Returns the written paths.
     """
     from flare.data.format import DatasetMeta, write_dataset
+    from flare.data.normalize import GaussianNormalizer
 
     if pressure_normalizer not in ("reference", "train"):
         raise ValueError(f"pressure_normalizer must be 'reference' or 'train'; got {pressure_normalizer!r}")
@@ -205,10 +195,10 @@ def prepare(folder, out_dir, splits_file=None, pressure_normalizer: str = "refer
         f"(xyz - {list(XYZ_MIN)}) / ({list(XYZ_MAX)} - {list(XYZ_MIN)}) into about [0, 1]^3; pressure stored "
         f"unscaled; {norm}",
     )
-    paths = write_dataset(out_dir, meta, train=samples["train"], test=samples["test"])
+    fixed = None
     if pressure_normalizer == "reference":
-        _set_output_normalizer(paths.values(), PRESSURE_MEAN, PRESSURE_STD, "fixed: DrivAerML reference constants")
-    return paths
+        fixed = (GaussianNormalizer([PRESSURE_MEAN], [PRESSURE_STD]), "fixed: DrivAerML reference constants")
+    return write_dataset(out_dir, meta, train=samples["train"], test=samples["test"], y_normalizer=fixed)
 
 
 def _run_list(paths: list[Path], limit: int = 20) -> str:

@@ -85,13 +85,15 @@ def write_dataset(
     meta: DatasetMeta,
     train: tuple,
     test: tuple,
+    y_normalizer: tuple[GaussianNormalizer, str] | None = None,
 ) -> dict[str, Path]:
     """Validate the samples, fit the normaliser on ``train`` and write ``train.h5`` and ``test.h5``.
 
     ``train`` and ``test`` are ``(xs, ys)`` with one ``[points, c_in]`` / ``[points, c_out]`` array per
     sample (a stacked ``[S, points, c]`` array works too), or ``(xs, ys, edges)`` with one ``[E_i, 2]``
     integer array of point-index pairs per sample for meshes (one ``[E, 2]`` array when all samples
-    share their edges). Returns the written paths.
+    share their edges). ``y_normalizer``: a fixed output normaliser and a note saying where its values
+    come from, instead of fitting one on ``train``. Returns the written paths.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -114,10 +116,14 @@ def write_dataset(
     if (edges["train"] is None) != (edges["test"] is None):
         raise DatasetFormatError(f"dataset {meta.name!r}: give edges for both splits or for neither")
     x_norm = GaussianNormalizer.fit(np.concatenate(splits["train"][0]), mask=meta.normalize_inputs)
-    y_norm = GaussianNormalizer.fit(np.concatenate(splits["train"][1]))
+    if y_normalizer is None:
+        y_norm, fitted_on = GaussianNormalizer.fit(np.concatenate(splits["train"][1])), "train"
+    else:
+        y_norm, fitted_on = y_normalizer
     paths = {}
     for split, (xs, ys) in splits.items():
-        paths[split] = _write_split(out_dir / f"{split}.h5", meta, split, xs, ys, x_norm, y_norm, edges[split])
+        paths[split] = _write_split(out_dir / f"{split}.h5", meta, split, xs, ys, x_norm, y_norm, edges[split],
+                                    fitted_on)
     with open(out_dir / "meta.json", "w") as fh:  # a human-readable copy of the metadata
         json.dump({**asdict(meta), "num_samples": {s: len(v[0]) for s, v in splits.items()}}, fh, indent=2)
     return paths
@@ -146,7 +152,8 @@ def _offsets(arrays) -> np.ndarray:
     return np.concatenate([[0], np.cumsum([len(a) for a in arrays])]).astype(np.int64)
 
 
-def _write_split(path: Path, meta: DatasetMeta, split: str, xs, ys, x_norm, y_norm, edges=None) -> Path:
+def _write_split(path: Path, meta: DatasetMeta, split: str, xs, ys, x_norm, y_norm, edges=None,
+                 fitted_on: str = "train") -> Path:
     sizes = np.array([len(x) for x in xs], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(sizes)])
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -166,7 +173,7 @@ def _write_split(path: Path, meta: DatasetMeta, split: str, xs, ys, x_norm, y_no
                 f.create_dataset("edges", data=np.concatenate(edges), fletcher32=True)
                 f.create_dataset("edge_offsets", data=_offsets(edges), fletcher32=True)
             g = f.create_group("normalizer")
-            g.attrs["fitted_on"] = "train"
+            g.attrs["fitted_on"] = fitted_on
             for prefix, norm in (("x", x_norm), ("y", y_norm)):
                 g.create_dataset(f"{prefix}_mean", data=norm.mean.double().numpy())
                 g.create_dataset(f"{prefix}_std", data=norm.std.double().numpy())

@@ -245,7 +245,10 @@ def read_split(path: str | Path) -> SplitData:
     except DatasetFormatError:
         raise
     except (OSError, KeyError, ValueError, TypeError) as err:
-        raise DatasetFormatError(f"{path}: not a readable dataset file in the standard format ({err})") from err
+        raise DatasetFormatError(
+            f"{path}: not a readable dataset file in the standard format ({err}); convert it again: delete it "
+            "and rerun the workflow (or snakemake --forcerun prepare)"
+        ) from err
     if x.shape[1] != meta.in_channels or y.shape[1] != meta.out_channels or len(x) != len(y):
         raise DatasetFormatError(f"{path}: x {x.shape} / y {y.shape} disagree with the metadata's channels")
     if offsets[0] != 0 or offsets[-1] != len(x) or (np.diff(offsets) <= 0).any():

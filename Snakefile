@@ -17,6 +17,7 @@ include: "rules/train.smk"
 include: "rules/evaluate.smk"
 include: "rules/report.smk"
 include: "rules/ablation.smk"
+include: "rules/scaling.smk"
 
 
 rule all:

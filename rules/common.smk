@@ -181,4 +181,6 @@ def final_targets():
     targets += [f"results/figures/relative_l2.{ext}" for ext in ("png", "pdf")]
     for param in ABLATIONS["sweeps"]:
         targets += [f"results/tables/ablation_{param}.md", f"results/figures/ablation_{param}.png"]
+    if config["scaling"]["enabled"]:
+        targets += ["results/figures/scaling_time.png", "results/figures/scaling_memory.png"]
     return targets

@@ -38,6 +38,7 @@ def test_paper_config_dry_run_lists_the_full_grid(tmp_path):
     assert counts["download_raw"] == 6 and counts["prepare"] == 6
     assert counts["train"] == counts["evaluate"] == (6 * 8 - 3 - 3 - 5) * 3  # models × datasets − skips, 3 seeds
     assert counts["train_ablation"] == 6 + 5 + 4 + 5 and counts["ablation_report"] == 4
+    assert counts["scaling"] == 1
     for dataset in datasets:
         assert f"flare data fetch --dataset {dataset} " in out
         assert f"--model flare --seed 2 --out results/runs/{dataset}/flare/seed2" in out
@@ -93,6 +94,9 @@ def test_tiny_workflow_end_to_end(tmp_path):
     assert ablation["num_latents"].tolist() == [2, 4] and (ablation["seconds_per_epoch"] > 0).all()
     assert ablation["parameters"].iloc[1] > ablation["parameters"].iloc[0]  # more latents, more parameters
     assert (tmp_path / "results/figures/ablation_num_latents.pdf").exists()
+
+    scaling = pd.read_csv(tmp_path / "results/scaling/scaling.csv")
+    assert set(scaling["method"]) == {"flare_reference", "softmax", "physics"} and (scaling["status"] == "ok").all()
 
     snakemake(tmp_path, "--configfile", str(config), "--report", str(tmp_path / "report.html"))
     report = (tmp_path / "report.html").read_text()

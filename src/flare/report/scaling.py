@@ -90,6 +90,10 @@ def run_scaling(points: Sequence[int], latents: Sequence[int], methods: Sequence
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     if dev.type == "cpu" and dtype == torch.float16:
         dtype = torch.float32
+    # one throwaway measurement first: thread pools, allocators and kernel caches start up here, not
+    # inside the first timed configuration
+    time_layer(attention_layer("physics", channels, heads, latents[0]).to(dev), points[0], channels, dev, dtype,
+               warmup, 1)
     rows = []
     for method in methods:
         for m in ([latents[0]] if method == "softmax" else latents):

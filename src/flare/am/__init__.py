@@ -1,0 +1,1 @@
+"""Additive manufacturing (LPBF) data: mesh-derived node features (SPEC §5)."""

@@ -89,3 +89,37 @@ def test_evaluating_on_a_dataset_with_other_channels_fails_before_any_step(tiny_
     with pytest.raises(ValueError, match=r"other/train.h5 has 2 input / 1 output channels .* trained for 3 / 1"):
         evaluate(tmp_path / "run", dataset_dir=tmp_path / "other")
     assert not (tmp_path / "run/eval.json").exists()
+
+
+def test_sigkill_during_conversion_then_rerun_converts_cleanly(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = f"""
+import numpy as np
+from flare.data.format import write_dataset
+from tests.conftest import point_cloud_meta
+rng = np.random.default_rng(0)
+xs = [rng.normal(size=(200_000, 2)) for _ in range(60)]
+write_dataset({str(tmp_path / 'd')!r}, point_cloud_meta(), (xs, [x[:, :1] for x in xs]), (xs[:2], [x[:, :1] for x in xs[:2]]))
+"""
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=repo)
+    deadline = time.monotonic() + 120
+    while not list((tmp_path / "d").glob(".train.h5.tmp-*")):
+        assert proc.poll() is None, "the conversion finished before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    folder = tmp_path / "d"
+    assert not (folder / "train.h5").exists() and not (folder / "test.h5").exists()  # nothing looks complete
+    assert list(folder.glob(".train.h5.tmp-*"))  # the torn temporary file is there ...
+    rng = np.random.default_rng(1)
+    xs = [rng.normal(size=(5, 2)) for _ in range(3)]
+    write_dataset(folder, point_cloud_meta(), (xs, [x[:, :1] for x in xs]), (xs, [x[:, :1] for x in xs]))
+    assert sorted(p.name for p in folder.iterdir()) == ["meta.json", "test.h5", "train.h5"]  # ... and swept
+    assert len(read_split(folder / "train.h5")) == 3

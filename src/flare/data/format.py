@@ -97,6 +97,8 @@ def write_dataset(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob(".*.h5.tmp-*"):  # left by a conversion that was killed mid-write
+        stale.unlink(missing_ok=True)
     splits, edges = {}, {}
     for split, data in zip(SPLITS, (train, test)):
         if len(data) not in (2, 3):

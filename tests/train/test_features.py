@@ -74,3 +74,24 @@ def test_schema_lists_exactly_the_training_settings():
     schema = yaml.safe_load(open(os.path.join(os.path.dirname(__file__), "../../config/schema.yaml")))
     allowed = schema["properties"]["train"]["propertyNames"]["enum"]
     assert sorted(allowed) == sorted(TrainConfig().to_dict())
+
+
+@pytest.mark.slow
+def test_torch_compile_trains_like_eager(tmp_path):
+    import numpy as np
+
+    from flare.data.format import write_dataset
+    from tests.conftest import point_cloud_meta
+
+    rng = np.random.default_rng(0)
+    xs = [rng.normal(size=(16, 2)) for _ in range(8)]
+    write_dataset(tmp_path / "d", point_cloud_meta(), (xs, [np.sin(x[:, :1]) for x in xs]), (xs[:2], [x[:, :1] for x in xs[:2]]))
+    tiny = {"model": {"channel_dim": 8, "num_blocks": 1, "num_heads": 2, "num_latents": 4},
+            "train": {"epochs": 2, "batch_size": 4}}
+    eager = train(tmp_path / "d", "flare", 0, tmp_path / "eager", tiny, progress=False)
+    compiled_settings = {**tiny, "train": {**tiny["train"], "compile": True}}
+    compiled = train(tmp_path / "d", "flare", 0, tmp_path / "compiled", compiled_settings, progress=False)
+    assert compiled["test_rel_l2"] == pytest.approx(eager["test_rel_l2"], rel=1e-4)
+    a = pd.read_csv(tmp_path / "eager/history.csv")["train_loss"]
+    b = pd.read_csv(tmp_path / "compiled/history.csv")["train_loss"]
+    assert ((a - b).abs() / a.abs()).max() < 1e-4

@@ -220,6 +220,39 @@ class SplitData:
         return self.x[lo:hi], self.y[lo:hi]
 
 
+def _meta_from_attrs(f: h5py.File, path: Path) -> DatasetMeta:
+    version = int(f.attrs.get("format_version", -1))
+    if version != FORMAT_VERSION:
+        raise DatasetFormatError(f"{path}: format_version {version}, expected {FORMAT_VERSION}")
+    attrs = {k: f.attrs[k] for k in f.attrs}
+    list_keys = ("input_channels", "output_channels", "input_units", "output_units", "normalize_inputs", "grid_shape")
+    return DatasetMeta(
+        **{k: json.loads(attrs[k]) for k in list_keys},
+        name=str(attrs["name"]), source=str(attrs["source"]), description=str(attrs["description"]),
+    )
+
+
+def _unreadable(path: Path, err: Exception) -> DatasetFormatError:
+    return DatasetFormatError(
+        f"{path}: not a readable dataset file in the standard format ({err}); convert it again: delete it "
+        "and rerun the workflow (or snakemake --forcerun prepare)"
+    )
+
+
+def read_meta(path: str | Path) -> DatasetMeta:
+    """Only the metadata of a split file (no arrays are read)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"dataset file {path} does not exist (run the workflow's prepare step)")
+    try:
+        with h5py.File(path, "r") as f:
+            return _meta_from_attrs(f, path)
+    except DatasetFormatError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError) as err:
+        raise _unreadable(path, err) from err
+
+
 def read_split(path: str | Path) -> SplitData:
     """Read a split file fully into memory; any deviation from the format names the file."""
     path = Path(path)
@@ -227,16 +260,8 @@ def read_split(path: str | Path) -> SplitData:
         raise FileNotFoundError(f"dataset file {path} does not exist (run the workflow's prepare step)")
     try:
         with h5py.File(path, "r") as f:
-            version = int(f.attrs.get("format_version", -1))
-            if version != FORMAT_VERSION:
-                raise DatasetFormatError(f"{path}: format_version {version}, expected {FORMAT_VERSION}")
+            meta = _meta_from_attrs(f, path)
             attrs = {k: f.attrs[k] for k in f.attrs}
-            list_keys = ("input_channels", "output_channels", "input_units", "output_units",
-                         "normalize_inputs", "grid_shape")
-            meta = DatasetMeta(
-                **{k: json.loads(attrs[k]) for k in list_keys},
-                name=str(attrs["name"]), source=str(attrs["source"]), description=str(attrs["description"]),
-            )
             x, y, offsets = f["x"][...], f["y"][...], f["offsets"][...]
             g = f["normalizer"]
             x_norm = GaussianNormalizer(g["x_mean"][...], g["x_std"][...])
@@ -247,10 +272,7 @@ def read_split(path: str | Path) -> SplitData:
     except DatasetFormatError:
         raise
     except (OSError, KeyError, ValueError, TypeError) as err:
-        raise DatasetFormatError(
-            f"{path}: not a readable dataset file in the standard format ({err}); convert it again: delete it "
-            "and rerun the workflow (or snakemake --forcerun prepare)"
-        ) from err
+        raise _unreadable(path, err) from err
     if x.shape[1] != meta.in_channels or y.shape[1] != meta.out_channels or len(x) != len(y):
         raise DatasetFormatError(f"{path}: x {x.shape} / y {y.shape} disagree with the metadata's channels")
     if offsets[0] != 0 or offsets[-1] != len(x) or (np.diff(offsets) <= 0).any():

@@ -30,7 +30,8 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from flare.data.loader import StandardDataset, load_splits
+from flare.data.format import read_meta
+from flare.data.loader import load_splits
 from flare.inference import check_model_fits_dataset, per_sample_relative_l2, pick_device
 from flare.metrics import relative_l2_with_gradients
 from flare.models import MODELS, build
@@ -68,7 +69,7 @@ def resolve_config(dataset_dir: str | Path, model: str, seed: int, overrides: Ma
     ``overrides`` has optional ``model`` and ``train`` sections.
     """
     dataset_dir = Path(dataset_dir)
-    meta = StandardDataset(dataset_dir / "test.h5").meta  # small split: only the metadata is needed
+    meta = read_meta(dataset_dir / "test.h5")
     overrides = dict(overrides or {})
     unknown = set(overrides) - {"model", "train"}
     if unknown:

@@ -112,3 +112,13 @@ def test_flash_backend_matches_reference_in_bf16():
         outs[backend] = (y, *torch.autograd.grad(y, (q, k, v), dy))
     for got, want in zip(outs["flash"], outs["reference"]):
         assert ((got.float() - want.float()).norm() / want.float().norm()).item() < 1e-2
+
+
+def test_auto_picks_the_fused_kernels_where_they_were_measured_faster():
+    from flare.ops import choose_backend
+
+    assert choose_backend("cpu", torch.float32, 10**6, triton_ok=True) == "reference"
+    assert choose_backend("cuda", torch.bfloat16, 10**6, triton_ok=False) == "reference"
+    assert choose_backend("cuda", torch.bfloat16, 2**20, triton_ok=True) == "triton"
+    assert choose_backend("cuda", torch.bfloat16, 1024, triton_ok=True) == "reference"  # launch-bound
+    assert choose_backend("cuda", torch.float32, 7225, triton_ok=True) == "triton"  # Darcy, fp32

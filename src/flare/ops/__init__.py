@@ -9,17 +9,32 @@ from flare.ops.reference import flare_mixer_explicit, flare_mixer_reference
 BACKENDS = ("auto", "reference", "triton", "flash", "explicit")
 
 
+# Below this many tokens the fused kernels lose to the reference in half precision: each Triton
+# launch costs about 90 µs of host time (H100, triton 3.6; benchmarks/NOTES-mixer.md). In fp32 the
+# reference runs SDPA's memory-efficient kernel and the fused path won at every N measured.
+TRITON_MIN_TOKENS_HALF = 16384
+
+
+def choose_backend(device_type: str, dtype: torch.dtype, tokens: int, triton_ok: bool) -> str:
+    """What ``auto`` picks: the fused Triton kernels on CUDA where they were measured faster, else
+    the two-SDPA reference."""
+    if device_type != "cuda" or not triton_ok:
+        return "reference"
+    if dtype == torch.float32 or tokens >= TRITON_MIN_TOKENS_HALF:
+        return "triton"
+    return "reference"
+
+
 def resolve_backend(backend: str, k: torch.Tensor) -> str:
-    """The concrete backend ``auto`` stands for on ``k``'s device: the fused Triton kernels on CUDA
-    when Triton is importable, else the two-SDPA reference."""
+    """The concrete backend for ``k`` (``[B, H, N, D]``): ``backend`` itself unless it is ``auto``."""
     if backend != "auto":
         return backend
+    triton_ok = False
     if k.is_cuda:
         from flare.ops.triton_mixer import triton_available
 
-        if triton_available():
-            return "triton"
-    return "reference"
+        triton_ok = triton_available()
+    return choose_backend(k.device.type, k.dtype, k.shape[2], triton_ok)
 
 
 def flare_mixer(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "reference") -> torch.Tensor:
@@ -28,7 +43,7 @@ def flare_mixer(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str 
     q: latent queries ``[H, M, D]`` (shared over the batch) or ``[B, H, M, D]``;
     k, v: ``[B, H, N, D]``. Returns ``[B, H, N, D]``.
     backend: ``reference`` (two fused SDPA calls), ``triton`` (fused kernels, N split over the GPU),
-    ``flash`` (flash-attn, when installed), ``auto`` (the fastest available on the device) or
+    ``flash`` (flash-attn, when installed), ``auto`` (the faster of the first two on the device) or
     ``explicit`` (softmax matrices formed, for tests).
     """
     if k.dim() != 4 or v.shape != k.shape:
@@ -52,4 +67,4 @@ def flare_mixer(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str 
     raise ValueError(f"unknown FLARE mixer backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
-__all__ = ["BACKENDS", "flare_mixer", "flash_available", "resolve_backend"]
+__all__ = ["BACKENDS", "choose_backend", "flare_mixer", "flash_available", "resolve_backend"]

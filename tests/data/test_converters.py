@@ -241,7 +241,7 @@ def test_drivaerml_bad_inputs_name_the_run(tmp_path):
         drivaerml.prepare(folder, tmp_path / "o1", splits_file=tmp_path / "s.json")
 
     np.savez(folder / "test" / "run_2.npz", surface_mesh_centers=np.zeros((8, 3)), fields=np.zeros((8, 4)))
-    with pytest.raises(ValueError, match=r"run_2\.npz: no array 'surface_fields'; arrays present: \['fields'"):
+    with pytest.raises(ValueError, match=r"run_2\.npz: no array\(s\) \['surface_fields'\]; arrays present: \['fields'"):
         drivaerml.prepare(folder, tmp_path / "o2")
     _write_run(folder / "test" / "run_2.npz", 8, 2, fields=np.zeros((8, 3), np.float32))
     with pytest.raises(ValueError, match=r"run_2\.npz: 'surface_fields' has shape \(8, 3\)"):

@@ -31,10 +31,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import zipfile
 from pathlib import Path
 
 import numpy as np
+
+from flare.data.npz import load_arrays
 
 XYZ_MIN = (-0.9425, -1.1314, -0.3176)
 XYZ_MAX = (4.1325, 1.1317, 1.2445)
@@ -127,17 +128,8 @@ def resolve_split(folder, splits_file=None) -> tuple[dict[str, list[Path]], str]
 def read_run(path) -> tuple[np.ndarray, np.ndarray]:
     """``(xyz [N, 3], pressure [N, 1])`` float32 of one presampled run; errors name the file."""
     path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            keys = set(data.files)
-            for key in (COORDS_KEY, FIELDS_KEY):
-                if key not in keys:
-                    raise KeyError(f"{path}: no array {key!r}; arrays present: {sorted(keys)}")
-            xyz, fields = data[COORDS_KEY], data[FIELDS_KEY]
-    except KeyError as err:
-        raise ValueError(str(err.args[0])) from None
-    except (OSError, ValueError, zipfile.BadZipFile) as err:
-        raise ValueError(f"{path}: not a readable .npz file ({err})") from err
+    arrays = load_arrays(path, (COORDS_KEY, FIELDS_KEY))
+    xyz, fields = arrays[COORDS_KEY], arrays[FIELDS_KEY]
     if xyz.ndim != 2 or xyz.shape[1] != 3 or len(xyz) == 0:
         raise ValueError(f"{path}: {COORDS_KEY!r} has shape {xyz.shape}, expected [N, 3] with N > 0")
     if fields.ndim != 2 or fields.shape != (len(xyz), 4):

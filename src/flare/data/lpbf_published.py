@@ -38,10 +38,11 @@ the ``datasets`` library's default) — any ``train-*.parquet`` / ``test-*.parqu
 from __future__ import annotations
 
 import os
-import zipfile
 from pathlib import Path, PurePosixPath
 
 import numpy as np
+
+from flare.data.npz import load_arrays
 
 POS_SCALE_MM = (30.0, 30.0, 60.0)
 EDGE_KEY = "edge_index"
@@ -133,31 +134,15 @@ def resolve_files(folder, index_dir=None) -> tuple[dict[str, list[Path]], dict[s
     return files, nodes, f"split from the index tables in {Path(index_dir).name}/"
 
 
-def read_edges(path, num_nodes: int) -> np.ndarray | None:
-    """The sample's mesh edges ``[E, 2]`` from ``edge_index [2, E]``, or None when the file has none."""
-    with np.load(path, allow_pickle=False) as data:
-        if EDGE_KEY not in data.files:
-            return None
-        edges = np.asarray(data[EDGE_KEY])
-    if edges.ndim != 2 or edges.shape[0] != 2 or (edges.size and (edges.min() < 0 or edges.max() >= num_nodes)):
-        raise ValueError(f"{path}: {EDGE_KEY!r} must be [2, E] node indices below {num_nodes}; got {edges.shape}")
-    return edges.T.astype(np.int64)
+def read_sample(path, num_nodes: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``(pos [N, 3] mm, disp [N, 3] mm, edges [E, 2] or None)`` of one sample, one read of the file.
 
-
-def read_sample(path, num_nodes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """``(pos [N, 3] mm, disp [N, 3] mm)`` float32 of one sample; errors name the file."""
+    Positions and displacements are float32; the mesh edges come from ``edge_index [2, E]`` when the
+    file has it. ``_metadata`` (pickled) is never touched. Errors name the file.
+    """
     path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as data:  # _metadata (pickled) is never touched
-            keys = set(data.files)
-            missing = [k for k in (POS_KEY, DISP_KEY) if k not in keys]
-            if missing:
-                raise KeyError(f"{path}: no array(s) {missing}; arrays present: {sorted(keys)}")
-            pos, disp = data[POS_KEY], data[DISP_KEY]
-    except KeyError as err:
-        raise ValueError(str(err.args[0])) from None
-    except (OSError, ValueError, zipfile.BadZipFile) as err:
-        raise ValueError(f"{path}: not a readable .npz file ({err})") from err
+    arrays = load_arrays(path, (POS_KEY, DISP_KEY), optional=(EDGE_KEY,))
+    pos, disp = arrays[POS_KEY], arrays[DISP_KEY]
     if pos.ndim != 2 or pos.shape[1] != 3 or len(pos) == 0:
         raise ValueError(f"{path}: {POS_KEY!r} has shape {pos.shape}, expected [N, 3] with N > 0")
     if disp.shape != pos.shape:
@@ -166,7 +151,12 @@ def read_sample(path, num_nodes: int | None = None) -> tuple[np.ndarray, np.ndar
         raise ValueError(f"{path}: holds {len(pos)} nodes but the index table says num_nodes = {num_nodes}")
     if not np.isfinite(pos).all() or not np.isfinite(disp).all():
         raise ValueError(f"{path}: node positions or displacements contain NaN or Inf")
-    return pos.astype(np.float32), disp.astype(np.float32)
+    edges = arrays.get(EDGE_KEY)
+    if edges is not None:
+        if edges.ndim != 2 or edges.shape[0] != 2 or (edges.size and (edges.min() < 0 or edges.max() >= len(pos))):
+            raise ValueError(f"{path}: {EDGE_KEY!r} must be [2, E] node indices below {len(pos)}; got {edges.shape}")
+        edges = edges.T.astype(np.int64)
+    return pos.astype(np.float32), disp.astype(np.float32), edges
 
 
 def prepare(folder, out_dir, index_dir=None, source: str = "LPBF_FLARE published samples") -> dict:
@@ -183,10 +173,10 @@ def prepare(folder, out_dir, index_dir=None, source: str = "LPBF_FLARE published
     for split in SPLITS:
         xs, ys, edges = [], [], []
         for path, n in zip(files[split], nodes[split]):
-            pos, disp = read_sample(path, n)
+            pos, disp, mesh_edges = read_sample(path, n)
             xs.append(pos / scale)
             ys.append(disp[:, 2:3])
-            edges.append(read_edges(path, len(pos)))
+            edges.append(mesh_edges)
         # mesh edges travel with the samples when every file has them (graph models need them)
         samples[split] = (xs, ys, edges) if all(e is not None for e in edges) else (xs, ys)
     if len(samples["train"]) != len(samples["test"]):

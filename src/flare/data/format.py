@@ -18,6 +18,7 @@ Files are written under a temporary name and renamed when complete.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -239,40 +240,39 @@ def _unreadable(path: Path, err: Exception) -> DatasetFormatError:
     )
 
 
-def read_meta(path: str | Path) -> DatasetMeta:
-    """Only the metadata of a split file (no arrays are read)."""
-    path = Path(path)
+@contextlib.contextmanager
+def _open_split(path: Path):
+    """The open split file; whatever goes wrong reading it is an error naming the file."""
     if not path.is_file():
         raise FileNotFoundError(f"dataset file {path} does not exist (run the workflow's prepare step)")
     try:
         with h5py.File(path, "r") as f:
-            return _meta_from_attrs(f, path)
+            yield f
     except DatasetFormatError:
         raise
     except (OSError, KeyError, ValueError, TypeError) as err:
         raise _unreadable(path, err) from err
+
+
+def read_meta(path: str | Path) -> DatasetMeta:
+    """Only the metadata of a split file (no arrays are read)."""
+    path = Path(path)
+    with _open_split(path) as f:
+        return _meta_from_attrs(f, path)
 
 
 def read_split(path: str | Path) -> SplitData:
     """Read a split file fully into memory; any deviation from the format names the file."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"dataset file {path} does not exist (run the workflow's prepare step)")
-    try:
-        with h5py.File(path, "r") as f:
-            meta = _meta_from_attrs(f, path)
-            attrs = {k: f.attrs[k] for k in f.attrs}
-            x, y, offsets = f["x"][...], f["y"][...], f["offsets"][...]
-            g = f["normalizer"]
-            x_norm = GaussianNormalizer(g["x_mean"][...], g["x_std"][...])
-            y_norm = GaussianNormalizer(g["y_mean"][...], g["y_std"][...])
-            split = str(attrs["split"])
-            edges = f["edges"][...] if "edges" in f else None
-            edge_offsets = f["edge_offsets"][...] if "edge_offsets" in f else None
-    except DatasetFormatError:
-        raise
-    except (OSError, KeyError, ValueError, TypeError) as err:
-        raise _unreadable(path, err) from err
+    with _open_split(path) as f:
+        meta = _meta_from_attrs(f, path)
+        x, y, offsets = f["x"][...], f["y"][...], f["offsets"][...]
+        g = f["normalizer"]
+        x_norm = GaussianNormalizer(g["x_mean"][...], g["x_std"][...])
+        y_norm = GaussianNormalizer(g["y_mean"][...], g["y_std"][...])
+        split = str(f.attrs["split"])
+        edges = f["edges"][...] if "edges" in f else None
+        edge_offsets = f["edge_offsets"][...] if "edge_offsets" in f else None
     if x.shape[1] != meta.in_channels or y.shape[1] != meta.out_channels or len(x) != len(y):
         raise DatasetFormatError(f"{path}: x {x.shape} / y {y.shape} disagree with the metadata's channels")
     if offsets[0] != 0 or offsets[-1] != len(x) or (np.diff(offsets) <= 0).any():

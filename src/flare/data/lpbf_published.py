@@ -9,7 +9,7 @@ and read by vpuri3/FLARE.py ``pdebench/dataset/lpbf.py``)::
         disp        [N, 3]  float32   displacement at the final time step (mm)
         temp, vmstr [N, 1]  float32   temperature, von Mises stress (not used here)
         elems       [M, 8]  int32     hexa8 connectivity (not used here)
-        edge_index  [2, E]  int64     mesh edges (not used here)
+        edge_index  [2, E]  int64     mesh edges (kept as the dataset's edges)
         _metadata   [1]     object    JSON text {"metadata": {"case_name", "zmax", "time_steps"}}
                                       (a pickled object array; never loaded here)
     data/train-00000-of-00001.parquet, data/test-00000-of-00001.parquet

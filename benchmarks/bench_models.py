@@ -36,13 +36,15 @@ def bench_one(name: str, args, backend: str | None, device: torch.device) -> dic
     overrides = {}
     if name == "flare" and backend:
         overrides["attn_backend"] = backend
+    if name == "flare" and args.checkpointing:
+        overrides["activation_checkpointing"] = True
     if name == "transolver_conv":
         if grid is None:
             return {"model": name, "status": "needs a structured grid"}
         overrides["grid_shape"] = list(grid)
     c_in, c_out = PAPER_DATASET_CHANNELS[args.dataset]
     model = paper_model(name, args.dataset, **overrides).to(device)
-    if args.checkpointing and hasattr(model, "blocks"):
+    if args.checkpointing and name != "flare" and hasattr(model, "blocks"):
         for block in model.blocks:
             forward = block.forward
             block.forward = lambda h, f=forward: torch.utils.checkpoint.checkpoint(f, h, use_reentrant=False)

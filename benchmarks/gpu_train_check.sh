@@ -3,16 +3,20 @@
 # generated Darcy set (the CLI path end to end on a GPU), then FLARE with the paper settings on
 # Darcy made with the full FNO recipe (421 grid -> 85 x 85, 1000 / 200 samples) for TRAIN_SECONDS;
 # a SIGTERM at the end makes the trainer save its state, whose history is exported.
+# SKIP_MODELS=1 skips the every-model part; WORKERS sets the generator's processes (default: all cores).
 #   OUT=results/bench TRAIN_SECONDS=120 EPOCHS=3 bash benchmarks/gpu_train_check.sh
 set -uo pipefail
 OUT=${OUT:-results/bench}
 TRAIN_SECONDS=${TRAIN_SECONDS:-120}
 EPOCHS=${EPOCHS:-3}  # the one-cycle schedule spans these epochs
+WORKERS=${WORKERS:-$(nproc)}
+SKIP_MODELS=${SKIP_MODELS:-0}
 mkdir -p "$OUT"
 export PYTHONPATH=src PYTHONUNBUFFERED=1
 W=/tmp/flare-gpu
 rm -rf "$W"; mkdir -p "$W"
 
+if [ "$SKIP_MODELS" != 1 ]; then
 echo "== every model, one epoch, paper settings, small Darcy (85 x 85, 32 / 8 samples)"
 python -m flare data generate --dataset darcy --raw-dir "$W/raw" \
   --options '{"resolution": 85, "samples_per_file": 32}' --workers "$(nproc)"
@@ -35,13 +39,14 @@ except Exception as err:
 PY
 done | tee "$OUT/gpu_train_models.txt"
 tail -n 3 "$W"/*.log | grep -i error || true
+fi
 
 echo "== FLARE, paper settings, Darcy from the full FNO recipe"
 start=$(date +%s)
 # the published layout: two files of 1024 samples; train on smooth1[:1000], test on smooth2[:200]
 python -m flare data generate --dataset darcy --raw-dir "$W/fno" \
-  --options '{"resolution": 421, "samples_per_file": 1024}' --workers "$(nproc)" 2> /dev/null
-echo "generation: $(( $(date +%s) - start )) s on $(nproc) cores"
+  --options '{"resolution": 421, "samples_per_file": 1024}' --workers "$WORKERS" 2> /dev/null
+echo "generation: $(( $(date +%s) - start )) s with $WORKERS workers"
 python -m flare data prepare --dataset darcy --raw-dir "$W/fno" --out "$W/darcy" \
   --options '{"resolution": 421, "samples_per_file": 1024, "subsample": 5, "num_train": 1000, "num_test": 200}'
 timeout -s TERM "$TRAIN_SECONDS" python -m flare train --data-dir "$W/darcy" --model flare --seed 0 \

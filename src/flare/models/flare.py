@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from flare.models.layers import ResidualMLP, init_linear_and_norm
@@ -28,6 +29,10 @@ class FLAREConfig:
     in_out_proj_ratio: float = 1.0
     out_proj_ln: bool = True
     attn_backend: str = "reference"
+    # recompute the in/out projections and each block in the backward instead of keeping their
+    # activations: memory of about one block's activations plus the residual stream at each block
+    # boundary, for one more forward (how 10M points fit on one 80 GB card)
+    activation_checkpointing: bool = False
 
     def __post_init__(self):
         if self.channel_dim % self.num_heads:
@@ -104,7 +109,16 @@ class FLARE(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 3:
             raise ValueError(f"FLARE expects x of shape [B, N, c_in]; got {tuple(x.shape)}")
-        h = self.in_proj(x)
+        if self.config.activation_checkpointing and torch.is_grad_enabled():
+            def run(module, h):
+                return torch.utils.checkpoint.checkpoint(module, h, use_reentrant=False)
+        else:
+            def run(module, h):
+                return module(h)
+        h = run(self.in_proj, x)
         for block in self.blocks:
-            h = block(h)
+            h = run(block, h)
+        return run(self._head, h)
+
+    def _head(self, h: torch.Tensor) -> torch.Tensor:
         return self.out_proj(self.out_norm(h))

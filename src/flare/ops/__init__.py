@@ -37,6 +37,17 @@ def resolve_backend(backend: str, k: torch.Tensor) -> str:
     return choose_backend(k.device.type, k.dtype, k.shape[2], triton_ok)
 
 
+def _autocast_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+    """Under autocast, every backend computes in the autocast dtype, as SDPA itself does: otherwise a
+    float32 residual stream would hand the fused kernels float32 inputs (slow full-precision dots)
+    while the reference silently ran in half precision."""
+    device_type = k.device.type
+    if not torch.is_autocast_enabled(device_type):
+        return q, k, v
+    dtype = torch.get_autocast_dtype(device_type)
+    return q.to(dtype), k.to(dtype), v.to(dtype)
+
+
 def flare_mixer(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "reference") -> torch.Tensor:
     """FLARE token mixer ``Y = softmax_M(K Qᵀ) · softmax_N(Q Kᵀ) · V`` per head (scale 1.0).
 
@@ -44,7 +55,8 @@ def flare_mixer(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str 
     k, v: ``[B, H, N, D]``. Returns ``[B, H, N, D]``.
     backend: ``reference`` (two fused SDPA calls), ``triton`` (fused kernels, N split over the GPU),
     ``flash`` (flash-attn, when installed), ``auto`` (the faster of the first two on the device) or
-    ``explicit`` (softmax matrices formed, for tests).
+    ``explicit`` (softmax matrices formed, for tests). Under autocast the inputs are cast to the
+    autocast dtype first, for every backend.
     """
     if k.dim() != 4 or v.shape != k.shape:
         raise ValueError(f"k and v must both be [B, H, N, D]; got k {tuple(k.shape)}, v {tuple(v.shape)}")
@@ -53,6 +65,7 @@ def flare_mixer(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str 
             f"q must be [H, M, D] or [B, H, M, D] matching k's heads and head dim; "
             f"got q {tuple(q.shape)}, k {tuple(k.shape)}"
         )
+    q, k, v = _autocast_inputs(q, k, v)
     backend = resolve_backend(backend, k)
     if backend == "reference":
         return flare_mixer_reference(q, k, v)

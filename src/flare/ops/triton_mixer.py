@@ -808,6 +808,9 @@ def flare_mixer_triton_impl(
     N-chunks of every split-N kernel (clamped to the number of token tiles); ``config`` replaces
     the heuristic tile table."""
     _check_inputs(q, k, v)
+    # The kernels reload latent tiles for every token tile; a strided q (the model's [C, M] parameter
+    # viewed as [H, M, D] is transposed) made the backward 5-10x slower on an H100. q is tiny: copy it.
+    q = q.contiguous()
     if config is None:
         config = default_config(q.shape[-2], k.shape[-1], k.shape[2], k.dtype, interpret=_interpreting())
     return _FlareMixerTriton.apply(q, k, v, config, num_chunks)

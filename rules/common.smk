@@ -36,6 +36,12 @@ def _check_config():
                     f"config key 'skip.{model}': {name!r} is not one of the configured datasets "
                     f"({', '.join(config['datasets'])})"
                 )
+    for name in config["dataset_overrides"]:
+        if name not in config["datasets"]:
+            raise ValueError(
+                f"config key 'dataset_overrides.{name}': {name!r} is not one of the configured datasets "
+                f"({', '.join(config['datasets'])})"
+            )
     for model in config["overrides"]:
         if model not in config["models"]:
             raise ValueError(
@@ -50,7 +56,7 @@ def _check_config():
             )
         if entry["source"] == "local" and not entry.get("local_dir"):
             raise ValueError(f"config key 'datasets.{name}.local_dir' is required when source is 'local'")
-        if entry["source"] == "generate" and kind not in GENERATORS:
+        if entry["source"] == "generate" and kind not in GENERATORS + ["lpbf"]:
             raise ValueError(
                 f"config key 'datasets.{name}.source': no embedded generator for {name!r} "
                 f"(generators: {', '.join(GENERATORS)}); use download or local"
@@ -69,6 +75,11 @@ def _check_config():
 _check_config()
 
 DATASETS = list(config["datasets"])
+# LPBF runs its own chain (rules/lpbf.smk) from raw cases: simulated, or the user's own SandBox
+LPBF = config["datasets"].get("lpbf")
+LPBF_CHAIN = LPBF is not None and (
+    LPBF["source"] == "generate" or (LPBF["source"] == "local" and LPBF["layout"] == "sandbox")
+)
 MODELS = list(config["models"])
 SEEDS = list(config["seeds"])
 
@@ -94,6 +105,8 @@ def train_arguments(wildcards):
     items = [f"train.{k}={v}" for k, v in config["train"].items()]
     for section, values in config["overrides"].get(wildcards.model, {}).items():
         items += [f"{section}.{k}={v}" for k, v in values.items()]
+    for k, v in config["dataset_overrides"].get(wildcards.dataset, {}).get("train", {}).items():
+        items.append(f"train.{k}={v}")
     return " ".join(f"--set {shlex.quote(item)}" for item in items)
 
 
@@ -183,4 +196,17 @@ def final_targets():
         targets += [f"results/tables/ablation_{param}.md", f"results/figures/ablation_{param}.png"]
     if config["scaling"]["enabled"]:
         targets += ["results/figures/scaling_time.png", "results/figures/scaling_memory.png"]
+    if lpbf_gallery_run():
+        targets += ["results/figures/lpbf_gallery.png", "results/lpbf/timings.csv"]
     return targets
+
+
+def lpbf_gallery_run():
+    """The run the LPBF gallery shows (its model, first seed), or None: the gallery needs the hex
+    meshes of the chain's extracted cases, so it exists only when LPBF runs through the chain."""
+    if not LPBF_CHAIN:
+        return None
+    model = LPBF["render"]["model"]
+    if model not in MODELS or "lpbf" in config["skip"].get(model, []):
+        return None
+    return f"results/runs/lpbf/{model}/seed{SEEDS[0]}"

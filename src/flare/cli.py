@@ -153,6 +153,61 @@ def cmd_models(args) -> None:
     print("\n".join(sorted(MODELS)))
 
 
+def cmd_lpbf_simulate(args) -> None:
+    from flare.am.chain import simulate_shard
+
+    done = simulate_shard(args.sandbox, args.manifest, _options(args), args.shard, args.shards,
+                          progress=not args.no_progress)
+    print(f"shard {args.shard} of {args.shards}: {len(done)} cases in {args.sandbox}")
+
+
+def cmd_lpbf_extract(args) -> None:
+    from flare.am.extract import extract_cases
+
+    table = extract_cases(args.sandbox, args.out, args.table, progress=not args.no_progress)
+    print(table["status"].value_counts().to_string())
+
+
+def cmd_lpbf_filter(args) -> None:
+    from flare.am.filter import filter_cases
+
+    table = filter_cases(args.extracted, args.table, args.out, _options(args) or None)
+    print(f"kept {int(table['kept'].sum())} of {len(table)} extracted cases")
+
+
+def cmd_lpbf_sdf(args) -> None:
+    from flare.am.chain import sdf_shard
+
+    sdf_shard(args.extracted, args.kept, args.out, args.table, args.shard, args.shards,
+              progress=not args.no_progress)
+
+
+def cmd_lpbf_assemble(args) -> None:
+    from flare.am.chain import assemble_dataset
+
+    options = _options(args)
+    known = {"num_train", "num_test", "test_fraction", "seed"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(f"unknown LPBF assembly option(s) {unknown}; known: {sorted(known)}")
+    assemble_dataset(args.extracted, args.kept, args.out, sdf_dir=args.sdf_dir, **options)
+
+
+def cmd_lpbf_render(args) -> None:
+    import shutil
+
+    from flare.am.render import render_run
+
+    summary = render_run(args.run, args.dataset, args.extracted, args.out, args.cases, args.device)
+    if args.gallery:
+        gallery = Path(args.gallery)
+        gallery.parent.mkdir(parents=True, exist_ok=True)
+        tmp = gallery.with_name(f".{gallery.name}.tmp{gallery.suffix}")
+        shutil.copyfile(Path(args.out) / "gallery.png", tmp)
+        tmp.replace(gallery)
+    print(json.dumps({c["case"]: c["rel_l2"] for c in summary["cases"]}, indent=2))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flare", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -234,6 +289,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="dataset folder to write train.h5 and test.h5 into")
     p.add_argument("--options", help=options_help)
     p.set_defaults(func=cmd_data_prepare)
+
+    lpbf = sub.add_parser("lpbf", help="the LPBF chain: simulate, extract, filter, sdf, assemble, render")
+    lsub = lpbf.add_subparsers(dest="lpbf_command", required=True, metavar="LPBF_COMMAND")
+
+    def shards(p):
+        p.add_argument("--shard", type=int, default=0, help="this job's shard: cases k with k mod SHARDS == SHARD")
+        p.add_argument("--shards", type=int, default=1)
+        p.add_argument("--no-progress", action="store_true")
+
+    p = lsub.add_parser("simulate", help="embedded simulator -> raw cases <sandbox>/<case>/ (Netfabb layout)")
+    p.add_argument("--sandbox", required=True, help="folder of case folders (SandBox)")
+    p.add_argument("--manifest", required=True, help="JSON summary of this shard's cases (nodes, seconds)")
+    p.add_argument("--options", help="simulation settings as JSON: cases, seed, size, cell_size, layer_height, "
+                   "fail_fraction, parts_dir")
+    shards(p)
+    p.set_defaults(func=cmd_lpbf_simulate)
+    p = lsub.add_parser("extract", help="read every case's final step (EnSight Gold via VTK) -> <case>.npz + table")
+    p.add_argument("--sandbox", required=True)
+    p.add_argument("--out", required=True, help="folder for the extracted <case>.npz")
+    p.add_argument("--table", required=True, help="csv: case, status, reason, detail, nodes, cells, steps, seconds")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_lpbf_extract)
+    p = lsub.add_parser("filter", help="the paper's criteria -> statistics.csv, kept.txt, excluded.csv")
+    p.add_argument("--extracted", required=True)
+    p.add_argument("--table", required=True, help="the extraction table")
+    p.add_argument("--out", required=True)
+    p.add_argument("--options", help="thresholds as JSON (defaults: the paper's)")
+    p.set_defaults(func=cmd_lpbf_filter)
+    p = lsub.add_parser("sdf", help="the 11 SDF node features of the kept cases -> <case>.npz")
+    p.add_argument("--extracted", required=True)
+    p.add_argument("--kept", required=True, help="kept.txt of the filter step")
+    p.add_argument("--out", required=True)
+    p.add_argument("--table", required=True, help="csv of this shard's cases: case, nodes, seconds")
+    shards(p)
+    p.set_defaults(func=cmd_lpbf_sdf)
+    p = lsub.add_parser("assemble", help="kept cases -> the standard format (seed-0 split) + cases.csv")
+    p.add_argument("--extracted", required=True)
+    p.add_argument("--kept", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--sdf-dir", help="add the SDF features as inputs")
+    p.add_argument("--options", help="JSON: num_train, num_test, test_fraction, seed")
+    p.set_defaults(func=cmd_lpbf_assemble)
+    p = lsub.add_parser("render", help="true vs predicted z-displacement images, VTU files and a gallery")
+    p.add_argument("--run", required=True, help="a trained run folder")
+    p.add_argument("--dataset", required=True, help="the LPBF dataset folder (with cases.csv)")
+    p.add_argument("--extracted", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--cases", type=int, default=4, help="test cases to render, spread over the error ranking")
+    p.add_argument("--gallery", help="also copy the gallery figure here")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_lpbf_render)
     return parser
 
 

@@ -30,6 +30,30 @@ def _write_results(out_dir: Path, summary: dict, per_sample: dict[str, np.ndarra
     return summary
 
 
+def load_run(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
+    """The trained model of the finished run in ``run_dir`` (its ``model.pt``), on ``device`` and in
+    eval mode, with the run's config (dataset, model, seed, channels, hyper-parameters)."""
+    run_dir = Path(run_dir)
+    model_file = run_dir / "model.pt"
+    if not model_file.is_file():
+        raise FileNotFoundError(f"{model_file} not found: {run_dir} holds no finished training run")
+    saved = torch.load(model_file, map_location="cpu", weights_only=False)
+    config = saved["config"]
+    model = build(config["model"], config["in_channels"], config["out_channels"], **config["model_hparams"])
+    model.load_state_dict(saved["model"])
+    return model.to(device).eval(), config
+
+
+def check_run_fits_dataset(run_dir: str | Path, config: dict, data: StandardDataset) -> None:
+    """The split ``data`` has the channel counts the run in ``run_dir`` (its ``config``) was trained for."""
+    if (data.meta.in_channels, data.meta.out_channels) != (config["in_channels"], config["out_channels"]):
+        raise ValueError(
+            f"{data.path} has {data.meta.in_channels} input / {data.meta.out_channels} "
+            f"output channels but the model in {run_dir} was trained for "
+            f"{config['in_channels']} / {config['out_channels']}"
+        )
+
+
 def evaluate(run_dir: str | Path, dataset_dir: str | Path | None = None, device: str = "auto",
              batch_size: int = 8) -> dict:
     """Relative L2 (decoded values) of the trained model in ``run_dir`` on its dataset's train and test splits.
@@ -37,25 +61,14 @@ def evaluate(run_dir: str | Path, dataset_dir: str | Path | None = None, device:
     ``dataset_dir`` defaults to the folder the run was trained on.
     """
     run_dir = Path(run_dir)
-    model_file = run_dir / "model.pt"
-    if not model_file.is_file():
-        raise FileNotFoundError(f"{model_file} not found: {run_dir} holds no finished training run")
-    saved = torch.load(model_file, map_location="cpu", weights_only=False)
-    config = saved["config"]
+    model, config = load_run(run_dir)
     dataset_dir = Path(dataset_dir or config["dataset_dir"])
     dev = pick_device(device)
-    model = build(config["model"], config["in_channels"], config["out_channels"], **config["model_hparams"])
-    model.load_state_dict(saved["model"])
     model.to(dev)
     per_sample = {}
     for split in ("train", "test"):
         data = StandardDataset(dataset_dir / f"{split}.h5")
-        if (data.meta.in_channels, data.meta.out_channels) != (config["in_channels"], config["out_channels"]):
-            raise ValueError(
-                f"{dataset_dir / f'{split}.h5'} has {data.meta.in_channels} input / {data.meta.out_channels} "
-                f"output channels but the model in {run_dir} was trained for "
-                f"{config['in_channels']} / {config['out_channels']}"
-            )
+        check_run_fits_dataset(run_dir, config, data)
         check_model_fits_dataset(model, data)
         per_sample[split] = per_sample_relative_l2(model, data, dev, batch_size)
     summary = {"dataset": config["dataset"], "model": config["model"], "seed": config["seed"],

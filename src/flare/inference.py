@@ -1,6 +1,8 @@
 """Running a trained model over a dataset split."""
 from __future__ import annotations
 
+from typing import Iterator
+
 import numpy as np
 import torch
 from torch import nn
@@ -37,16 +39,28 @@ def predict(model: nn.Module, dataset: StandardDataset, indices, device: torch.d
 
 
 @torch.no_grad()
+def decoded_predictions(
+    model: nn.Module, dataset: StandardDataset, device: torch.device, batch_size: int = 8
+) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
+    """Run ``model`` over every sample of ``dataset`` in order, yielding ``(indices, pred, target)``
+    per batch with ``pred`` and ``target`` decoded to physical units, ``[B, N, c]`` on ``device``.
+
+    Variable-size datasets go one sample at a time (their samples cannot be stacked).
+    """
+    model.eval()
+    y_norm = dataset.y_normalizer.to(device)
+    step = batch_size if dataset.data.fixed_size else 1
+    for start in range(0, len(dataset), step):
+        indices = list(range(start, min(start + step, len(dataset))))
+        pred, y = predict(model, dataset, indices, device)
+        yield indices, y_norm.decode(pred.float()), y_norm.decode(y)
+
+
+@torch.no_grad()
 def per_sample_relative_l2(
     model: nn.Module, dataset: StandardDataset, device: torch.device, batch_size: int = 8
 ) -> np.ndarray:
     """Relative L2 of every sample of ``dataset``, on decoded (physical) values: ``[S]``."""
-    model.eval()
-    y_norm = dataset.y_normalizer.to(device)
-    errors = []
-    step = batch_size if dataset.data.fixed_size else 1
-    for start in range(0, len(dataset), step):
-        pred, y = predict(model, dataset, list(range(start, min(start + step, len(dataset)))), device)
-        pred = y_norm.decode(pred.float())
-        errors.append(relative_l2(pred, y_norm.decode(y)).double().cpu())
+    batches = decoded_predictions(model, dataset, device, batch_size)
+    errors = [relative_l2(pred, y).double().cpu() for _, pred, y in batches]
     return torch.cat(errors).numpy()

@@ -32,8 +32,11 @@ def test_a_flipped_bit_in_a_dataset_file_is_an_error_naming_it(tiny_darcy, tmp_p
     data = bytearray(target.read_bytes())
     data[offset + 100] ^= 0x10  # one bit inside the first chunk of x
     target.write_bytes(bytes(data))
-    with pytest.raises(DatasetFormatError, match="train.h5"):
+    with pytest.raises(DatasetFormatError, match=r"train.h5.*moved to train.h5.corrupt"):
         read_split(target)
+    # moved aside, not deleted: the workflow finds the split missing and converts it again
+    assert not target.exists()
+    assert (tmp_path / "train.h5.corrupt").read_bytes() == bytes(data)
 
 
 def test_a_crash_while_converting_leaves_no_file_that_looks_complete(tmp_path, monkeypatch):

@@ -233,11 +233,28 @@ def _meta_from_attrs(f: h5py.File, path: Path) -> DatasetMeta:
     )
 
 
+CORRUPT_SUFFIX = ".corrupt"
+
+
+def _quarantine(path: Path) -> Path | None:
+    """Move a damaged dataset file aside (``<name>.corrupt``), so that the workflow's next run finds
+    it missing and converts it again; nothing is deleted. None when it could not be moved."""
+    target = path.with_name(path.name + CORRUPT_SUFFIX)
+    try:
+        os.replace(path, target)
+    except OSError:  # already moved by another process (a DDP rank), or a read-only folder
+        return None
+    return target
+
+
 def _unreadable(path: Path, err: Exception) -> DatasetFormatError:
-    return DatasetFormatError(
-        f"{path}: not a readable dataset file in the standard format ({err}); convert it again: delete it "
-        "and rerun the workflow (or snakemake --forcerun prepare)"
-    )
+    if isinstance(err, PermissionError):  # the file may be fine: say so, touch nothing
+        return DatasetFormatError(f"{path}: cannot be read ({err})")
+    moved = _quarantine(path)
+    where = (f"moved to {moved.name} so that the next run of the workflow converts it again (snakemake "
+             "reruns prepare)" if moved is not None else
+             "convert it again: delete it and rerun the workflow (or snakemake --forcerun prepare)")
+    return DatasetFormatError(f"{path}: not a readable dataset file in the standard format ({err}); {where}")
 
 
 @contextlib.contextmanager

@@ -47,6 +47,7 @@ from flare.train.checkpoint import (
 )
 from flare.train import distributed
 from flare.train.config import TrainConfig
+from flare.train.graphs import GraphedTraining
 from flare.train.plots import plot_history
 from flare.train.optim import make_optimizer, make_scheduler
 
@@ -171,6 +172,11 @@ class Trainer:
             self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         if self.cfg.compile:
             self.net = torch.compile(self.net)
+        # CUDA graphs for one process on fixed-size samples (DDP's hooks and torch.compile's own
+        # graphs do not mix with them; variable sizes never repeat a shape)
+        self.graphs = GraphedTraining(self.model, enabled=(
+            self.cfg.cuda_graphs and self.device.type == "cuda" and not self.dist.enabled
+            and not self.cfg.compile and self.train_set.data.fixed_size))
         self.ema = None
         if self.cfg.ema_decay > 0:
             self.ema = torch.optim.swa_utils.AveragedModel(
@@ -242,7 +248,8 @@ class Trainer:
         if self.cfg.precision == "fp32":
             return contextlib.nullcontext()
         dtype = torch.bfloat16 if self.cfg.precision == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
+        # no cast cache: CUDA graphs capture the casts with the rest (and results are the same)
+        return torch.autocast(self.device.type, dtype=dtype, cache_enabled=False)
 
     def loss(self, pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Training loss on decoded values and the plain relative L2, both averaged over the batch."""
@@ -269,7 +276,7 @@ class Trainer:
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             extra = {"edges": self.train_set.batch_edges(indices).to(self.device)} if self.needs_edges else {}
             with self.autocast():
-                pred = self.net(x, **extra)
+                pred = self.graphs(x, *extra.values()) if self.graphs.enabled else self.net(x, **extra)
             loss, rel = self.loss(pred, y)
             if not torch.isfinite(loss):
                 raise FloatingPointError(

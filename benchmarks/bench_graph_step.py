@@ -1,0 +1,81 @@
+"""How much of FLARE's paper Darcy training step is launch overhead? Times the step eagerly and with
+the model's forward and backward captured in CUDA graphs (torch.cuda.make_graphed_callables), and
+sums the kernels' own GPU time from a profile.
+
+    PYTHONPATH=src python benchmarks/bench_graph_step.py --out results/bench
+"""
+import argparse
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from flare.metrics import relative_l2
+from flare.models import PAPER_DATASET_CHANNELS, paper_model
+
+
+def median_ms(step, warmup=5, reps=20):
+    for _ in range(warmup):
+        step()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        step()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b))
+    return sorted(times)[len(times) // 2]
+
+
+def kernel_ms(step):
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    return sum(e.self_device_time_total for e in prof.key_averages()) / 1e3
+
+
+def bench(backend: str, mode: str) -> dict:
+    torch.manual_seed(0)
+    c_in, c_out = PAPER_DATASET_CHANNELS["darcy"]
+    model = paper_model("flare", "darcy", attn_backend=backend).cuda()
+    x = torch.randn(2, 85 * 85, c_in, device="cuda")
+    y = torch.randn(2, 85 * 85, c_out, device="cuda")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=mode != "eager")
+    forward = model
+    if mode == "graphed":
+        forward = torch.cuda.make_graphed_callables(model, (x,))
+
+    def step():
+        loss = relative_l2(forward(x), y).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    ms = median_ms(step)
+    return {"backend": backend, "mode": mode, "step_ms": ms, "kernel_ms": kernel_ms(step)}
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = True  # the paper trains fp32 with TF32
+    torch.backends.cudnn.allow_tf32 = True
+    rows = []
+    for backend in ("reference", "triton"):
+        for mode in ("eager", "eager_fused_adamw", "graphed"):
+            try:
+                rows.append(bench(backend, mode))
+            except Exception as err:  # report, keep measuring the others
+                rows.append({"backend": backend, "mode": mode, "error": f"{type(err).__name__}: {err}"[:300]})
+            print(rows[-1], flush=True)
+    frame = pd.DataFrame(rows)
+    args.out.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(args.out / "graph_step.csv", index=False)
+    print(frame.to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()

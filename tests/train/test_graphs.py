@@ -1,0 +1,66 @@
+"""CUDA graphs in training (flare.train.graphs): same training as eager, eager fallbacks."""
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from flare.train.checkpoint import load_latest
+from flare.train.graphs import GraphedTraining
+from flare.train.trainer import train
+
+TINY = {"model": {"channel_dim": 16, "num_blocks": 2, "num_heads": 2, "num_latents": 8},
+        "train": {"epochs": 3, "batch_size": 4, "derivative_loss_weight": 0.0}}
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+
+
+def test_without_cuda_the_model_runs_eagerly():
+    model = nn.Linear(3, 2)
+    graphs = GraphedTraining(model, enabled=True)
+    x = torch.randn(4, 3)
+    torch.testing.assert_close(graphs(x), model(x), rtol=0, atol=0)
+    assert graphs.graphed is None and not graphs.failed
+
+
+@cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_graphed_training_follows_the_eager_run(tiny_darcy, tmp_path, backend):
+    runs = {}
+    for graphs in (False, True):
+        overrides = {"model": {**TINY["model"], "attn_backend": backend},
+                     "train": {**TINY["train"], "cuda_graphs": graphs, "device": "cuda", "tf32": False}}
+        errors = train(tiny_darcy, "flare", 0, tmp_path / f"graphs{graphs}", overrides, progress=False)
+        state = load_latest(tmp_path / f"graphs{graphs}")[1]
+        runs[graphs] = (errors, state)
+    (eager_err, eager), (graph_err, graphed) = runs[False], runs[True]
+    for a, b in zip(eager["history"], graphed["history"]):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+    for name, value in eager["model"].items():
+        torch.testing.assert_close(graphed["model"][name], value, rtol=1e-4, atol=1e-6)
+    assert graph_err["test_rel_l2"] == pytest.approx(eager_err["test_rel_l2"], rel=1e-4)
+
+
+@cuda
+@pytest.mark.gpu
+def test_a_model_that_cannot_be_captured_trains_eagerly_with_a_warning():
+    class Syncing(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(3, 1)
+
+        def forward(self, x):
+            if x.abs().max().item() > 1e9:  # a host synchronisation: not capturable
+                raise ValueError
+            return self.lin(x)
+
+    model = Syncing().cuda()
+    graphs = GraphedTraining(model)
+    x = torch.randn(4, 3, device="cuda")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = graphs(x)
+    assert graphs.failed and any("CUDA graph capture" in str(w.message) for w in caught)
+    torch.testing.assert_close(out, model(x))
+    out.sum().backward()
+    assert model.lin.weight.grad is not None

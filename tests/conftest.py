@@ -1,11 +1,20 @@
 """Shared fixtures: tiny generated datasets in the standard format."""
 from __future__ import annotations
 
-import numpy as np
-import pytest
+import os
 
-from flare.data import darcy
-from flare.data.format import DatasetMeta, write_dataset
+import torch
+
+# Triton reads TRITON_INTERPRET when it is first imported, and modules of several test folders import
+# it (the fused kernels, the LPBF renderer): without a GPU, choose the CPU interpreter before any of them.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from flare.data import darcy  # noqa: E402
+from flare.data.format import DatasetMeta, write_dataset  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -176,10 +176,14 @@ def tune_candidates(M, D, dtype):
     bm = min(max(16, 1 << (M - 1).bit_length()), 64)
     if dtype == torch.float32:
         return {
-            "gather": [KC(64, 64, 4, 3), KC(64, 32, 4, 3), KC(64, 64, 4, 2)],
-            "scatter": [KC(64, 64, 4, 2), KC(32, 64, 4, 2), KC(64, 128, 8, 2)],
-            "bwd_scatter": [KC(32, 32, 4, 2), KC(64, 16, 4, 2), KC(32, 64, 4, 2)],
-            "bwd_main": [KC(32, 64, 4, 2), KC(32, 32, 4, 2), KC(64, 32, 4, 2)],
+            "gather": [KC(64, 64, 4, 3), KC(64, 32, 4, 3), KC(64, 64, 4, 2), KC(64, 128, 4, 3),
+                       KC(128, 64, 8, 3)],
+            "scatter": [KC(64, 64, 4, 2), KC(32, 64, 4, 2), KC(64, 128, 8, 2), KC(32, 128, 4, 2),
+                        KC(64, 64, 4, 3, 16)],
+            "bwd_scatter": [KC(32, 32, 4, 2), KC(64, 16, 4, 2), KC(32, 64, 4, 2), KC(32, 64, 4, 3),
+                            KC(64, 64, 4, 2), KC(16, 64, 4, 2), KC(32, 128, 4, 2), KC(64, 32, 4, 3, 8)],
+            "bwd_main": [KC(32, 64, 4, 2), KC(32, 32, 4, 2), KC(64, 32, 4, 2), KC(32, 128, 4, 2),
+                         KC(64, 64, 4, 2), KC(16, 128, 4, 2), KC(32, 64, 4, 3, 8)],
         }
     if M <= 64:
         return {
@@ -189,9 +193,12 @@ def tune_candidates(M, D, dtype):
             "bwd_main": [KC(bm, 64, 4, 2), KC(bm, 64, 4, 3), KC(bm, 32, 4, 2), KC(bm, 64, 8, 2)],
         }
     return {
-        "gather": [KC(128, 64, 4, 3), KC(64, 128, 4, 3), KC(128, 128, 8, 3), KC(128, 64, 4, 4)],
+        "gather": [KC(128, 64, 4, 3), KC(64, 128, 4, 3), KC(128, 128, 8, 3), KC(128, 64, 4, 4),
+                   KC(128, 64, 4, 3, 4), KC(128, 64, 4, 3, 16), KC(256, 64, 8, 3, 8), KC(128, 32, 4, 3, 8),
+                   KC(64, 64, 4, 3, 8)],
         "scatter": [KC(64, 128, 4, 2, 8), KC(64, 128, 4, 3, 8), KC(128, 64, 4, 2, 8), KC(256, 64, 8, 2),
-                    KC(256, 64, 8, 2, 8), KC(256, 32, 4, 2, 8)],
+                    KC(256, 64, 8, 2, 8), KC(256, 32, 4, 2, 8), KC(64, 64, 4, 2, 8), KC(64, 64, 4, 3, 16),
+                    KC(128, 128, 8, 2, 8), KC(64, 256, 8, 2, 4), KC(32, 128, 4, 2, 8), KC(64, 128, 4, 2, 16)],
         "bwd_scatter": [KC(128, 64, 8, 2), KC(128, 64, 8, 3), KC(64, 64, 4, 2), KC(256, 64, 8, 2)],
         "bwd_main": [KC(64, 64, 4, 2), KC(64, 64, 4, 3), KC(128, 64, 8, 2), KC(32, 64, 4, 2)],
     }
@@ -208,7 +215,7 @@ def run_tune(case, args, rows):
     B, H, M, N, D, dtype = case["B"], case["H"], case["M"], case["N"], case["D"], case["dtype"]
     print(f"\n== tune {case['name']} B={B} H={H} M={M} N={N} D={D} {dtype}", flush=True)
     q, k, v, dy = make_inputs(B, H, M, N, D, dtype)
-    base = tm.default_config(M, D, N, dtype)
+    base = tm.default_config(M, D, N, dtype, fp32_precision=tm._dot_precision(dtype))
     z, lse_g = tm._run_gather(q, k, v, base)
     y, lse_s = tm._run_scatter(q, k, z, base)
     dz, delta_g, dq_s, delta_s = tm._run_bwd_scatter(q, k, z, y, lse_s, dy, base)

@@ -3,6 +3,13 @@
     python benchmarks/bench_models.py                       # every model, paper Darcy setting
     python benchmarks/bench_models.py --models flare --backends reference,triton --points 1048576 \
         --batch 1 --precision bf16 --checkpointing         # FLARE at 1M points
+    python benchmarks/bench_models.py --models flare --backends triton \
+        --modes eager,graphs,compile,compile-graphs --profile 12   # how the step is run
+
+Modes: ``eager``; ``graphs`` (forward and backward replayed from CUDA graphs, as ``flare train`` does
+by default); ``compile`` (``torch.compile``, Inductor fuses the pointwise chains); ``compile-graphs``
+(``torch.compile(mode="reduce-overhead")``: compiled and replayed from CUDA graphs, as
+``flare train`` does with ``train.compile: true`` on a GPU).
 
 Medians of CUDA-event timings after warm-up, peak allocated memory; writes a CSV and prints a table.
 On the CPU it runs too (wall clock), for a quick check.
@@ -16,6 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+import yaml
 
 from flare.metrics import relative_l2
 from flare.models import MODELS, PAPER_DATASET_CHANNELS, paper_model
@@ -31,13 +39,17 @@ def grid_points(dataset: str, points: int | None) -> tuple[int, tuple[int, int] 
     return (nx * ny, (nx, ny)) if nx else (sizes[dataset], None)
 
 
-def bench_one(name: str, args, backend: str | None, device: torch.device) -> dict:
+def bench_one(name: str, args, backend: str | None, device: torch.device, mode: str = "eager") -> dict:
     n, grid = grid_points(args.dataset, args.points)
     overrides = {}
     if name == "flare" and backend:
         overrides["attn_backend"] = backend
     if name == "flare" and args.checkpointing:
         overrides["activation_checkpointing"] = True
+    if name == "flare":
+        for item in args.set:
+            key, _, value = item.partition("=")
+            overrides[key] = yaml.safe_load(value)
     if name == "transolver_conv":
         if grid is None:
             return {"model": name, "status": "needs a structured grid"}
@@ -48,7 +60,7 @@ def bench_one(name: str, args, backend: str | None, device: torch.device) -> dic
         for block in model.blocks:
             forward = block.forward
             block.forward = lambda h, f=forward: torch.utils.checkpoint.checkpoint(f, h, use_reentrant=False)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     x = torch.randn(args.batch, n, c_in, device=device)
     y = torch.randn(args.batch, n, c_out, device=device)
     kwargs = {}
@@ -58,17 +70,36 @@ def bench_one(name: str, args, backend: str | None, device: torch.device) -> dic
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if args.precision == "bf16"
                 else contextlib.nullcontext())
 
+    forward = model
+    if mode in ("compile", "compile-graphs"):
+        forward = torch.compile(model, mode="reduce-overhead" if mode == "compile-graphs" else None)
+    elif mode != "eager" and mode != "graphs":
+        raise ValueError(f"unknown mode {mode!r}")
+
     def step():
+        if mode == "compile-graphs":
+            torch.compiler.cudagraph_mark_step_begin()
         with autocast:
-            pred = model(x, **kwargs)
+            pred = forward(x, **kwargs)
         loss = relative_l2(pred.float(), y).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
+    base = {"model": name, "backend": backend or "", "mode": mode, "points": n,
+            "settings": " ".join(args.set) if name == "flare" else ""}
     try:
+        if mode == "graphs":
+            if kwargs or device.type != "cuda":
+                return {**base, "status": "graphs need CUDA and a single input"}
+            with autocast:
+                forward = torch.cuda.make_graphed_callables(model, (x,))
+        t0 = time.perf_counter()
         for _ in range(args.warmup):
             step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        warmup_s = time.perf_counter() - t0
         times = []
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -87,13 +118,34 @@ def bench_one(name: str, args, backend: str | None, device: torch.device) -> dic
                 step()
                 times.append((time.perf_counter() - t0) * 1e3)
             peak = float("nan")
+        kernels = profile_step(step, args.profile, f"{name}/{backend}/{mode}") if args.profile else {}
     except torch.OutOfMemoryError:
-        return {"model": name, "backend": backend or "", "points": n, "status": "out of memory"}
+        return {**base, "status": "out of memory"}
+    except Exception as err:  # noqa: BLE001 - a mode that fails (capture, compile) is a result too
+        return {**base, "status": f"failed: {type(err).__name__}: {str(err)[:120]}"}
     finally:
         del opt
-    return {"model": name, "backend": backend or "", "points": n, "batch": args.batch,
-            "precision": args.precision, "parameters": sum(p.numel() for p in model.parameters()),
-            "step_ms_median": float(pd.Series(times).median()), "peak_gib": peak, "status": "ok"}
+    return {**base, "batch": args.batch, "precision": args.precision,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "step_ms_median": float(pd.Series(times).median()), "peak_gib": peak,
+            "warmup_s": warmup_s, **kernels, "status": "ok"}
+
+
+def profile_step(step, top: int, label: str) -> dict:
+    """GPU time of the kernels of one step (profiler), the number of kernel launches, and the
+    ``top`` kernels by time printed."""
+    if not torch.cuda.is_available():
+        return {}
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.self_device_time_total > 0]
+    total = sum(e.self_device_time_total for e in events) / 1e3
+    launches = sum(e.count for e in events)
+    print(f"-- {label}: {total:.2f} ms of kernels in {launches} launches; top {top}:")
+    for e in sorted(events, key=lambda e: -e.self_device_time_total)[:top]:
+        print(f"   {e.self_device_time_total / 1e3:8.3f} ms  x{e.count:<4d} {e.key[:110]}")
+    return {"kernel_ms": total, "kernel_launches": launches}
 
 
 def main() -> None:
@@ -105,6 +157,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--checkpointing", action="store_true", help="activation checkpointing per block")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="FLARE hyperparameter over its paper setting, e.g. --set num_heads=8 (repeatable)")
+    parser.add_argument("--modes", default="eager", help="comma-separated: eager, graphs, compile, compile-graphs")
+    parser.add_argument("--profile", type=int, default=0, help="print the top K kernels of one profiled step")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--out", default="results/bench/models.csv")
@@ -117,12 +173,14 @@ def main() -> None:
     for name in names:
         backends = args.backends.split(",") if name == "flare" else [None]
         for backend in backends:
-            torch.manual_seed(0)
-            row = bench_one(name, args, backend, device)
-            rows.append(row)
-            print(row, flush=True)
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+            for mode in args.modes.split(","):
+                torch.manual_seed(0)
+                row = bench_one(name, args, backend, device, mode)
+                rows.append(row)
+                print(row, flush=True)
+                torch._dynamo.reset()
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
     table = pd.DataFrame(rows)
     table["device"] = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

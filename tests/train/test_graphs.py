@@ -64,3 +64,21 @@ def test_a_model_that_cannot_be_captured_trains_eagerly_with_a_warning():
     torch.testing.assert_close(out, model(x))
     out.sum().backward()
     assert model.lin.weight.grad is not None
+
+
+@cuda
+@pytest.mark.gpu
+def test_compiled_training_with_its_own_graphs_follows_the_eager_run(tiny_darcy, tmp_path):
+    """``train.compile`` on CUDA: torch.compile with CUDA graphs (mode reduce-overhead) and the fused
+    mixer as an opaque operator; the same training as eager, to the rounding of fused kernels."""
+    runs = {}
+    for compiled in (False, True):
+        overrides = {"model": {**TINY["model"], "attn_backend": "triton"},
+                     "train": {**TINY["train"], "compile": compiled, "cuda_graphs": True, "device": "cuda",
+                               "tf32": False}}
+        errors = train(tiny_darcy, "flare", 0, tmp_path / f"compiled{compiled}", overrides, progress=False)
+        runs[compiled] = (errors, load_latest(tmp_path / f"compiled{compiled}")[1])
+    (eager_err, eager), (comp_err, comp) = runs[False], runs[True]
+    for a, b in zip(eager["history"], comp["history"]):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
+    assert comp_err["test_rel_l2"] == pytest.approx(eager_err["test_rel_l2"], rel=1e-3)

@@ -539,8 +539,10 @@ def _clamp_pow2(x: int, lo: int, hi: int) -> int:
 
 
 @functools.lru_cache(maxsize=256)
-def default_config(M: int, D: int, N: int, dtype: torch.dtype, interpret: bool = False) -> MixerConfig:
-    """Heuristic table (tuned on H100 at N = 2^20, see benchmarks/NOTES-mixer.md)."""
+def default_config(M: int, D: int, N: int, dtype: torch.dtype, interpret: bool = False,
+                   fp32_precision: str = "ieee") -> MixerConfig:
+    """Heuristic table (tuned on H100 and H200 at N = 2^20 and at the paper's Darcy size, see
+    benchmarks/NOTES-mixer.md). ``fp32_precision`` is the dot precision fp32 inputs will run with."""
     bd = max(16, _next_pow2(D))
     if interpret:
         # small tiles: the interpreter's cost is per element, and the loops get exercised
@@ -554,10 +556,13 @@ def default_config(M: int, D: int, N: int, dtype: torch.dtype, interpret: bool =
         # fp32 "ieee" dots run on FMA units and need many registers: small tiles, few spills
         if bd <= 16:
             bm = _clamp_pow2(M, 16, 64)
+            # TF32 dots need fewer registers than the FMA-path "ieee" ones: twice the latent tile
+            # in the backward's first pass (0.30 -> 0.15 ms at the Darcy size)
+            bwd_scatter = (KernelCfg(bm, 64, 4, 2) if fp32_precision == "tf32"
+                           else KernelCfg(_clamp_pow2(M, 16, 32), 32, 4, 2))
             return MixerConfig(
                 gather=KernelCfg(bm, 64, 4, 3, programs_per_sm=8), scatter=KernelCfg(bm, 64, 4, 2, programs_per_sm=8),
-                bwd_scatter=KernelCfg(_clamp_pow2(M, 16, 32), 32, 4, 2),
-                bwd_main=KernelCfg(_clamp_pow2(M, 16, 32), 64, 4, 2),
+                bwd_scatter=bwd_scatter, bwd_main=KernelCfg(bm, 64, 4, 2),
             )
         bm = _clamp_pow2(M, 16, 32)
         return MixerConfig(
@@ -575,6 +580,14 @@ def default_config(M: int, D: int, N: int, dtype: torch.dtype, interpret: bool =
         gather = KernelCfg(bm, 128, 4, 3, programs_per_sm=2)
         scatter = KernelCfg(bm, 128, 4, 3)
         bwd_scatter = KernelCfg(bm, 64, 4, 3)
+    elif D <= 4:  # the paper's H = 16 at C = 64: many cheap heads
+        gather = KernelCfg(64, 64, 4, 3, programs_per_sm=8)
+        scatter = KernelCfg(64, 64, 4, 3, programs_per_sm=16)
+        bwd_scatter = KernelCfg(_clamp_pow2(M, 16, 256), 64, 8, 2)
+    elif D <= 8:
+        gather = KernelCfg(128, 128, 8, 3)
+        scatter = KernelCfg(128, 128, 8, 2, programs_per_sm=8)
+        bwd_scatter = KernelCfg(_clamp_pow2(M, 16, 256), 64, 8, 2)
     else:
         gather = KernelCfg(128, 64, 4, 3, programs_per_sm=8)
         scatter = KernelCfg(64, 128, 4, 2, programs_per_sm=8)
@@ -619,6 +632,12 @@ def _dot_precision(dtype: torch.dtype, cfg: Optional["MixerConfig"] = None) -> s
     if cfg is not None and cfg.fp32_precision is not None:
         return cfg.fp32_precision
     return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
+
+
+def _config_for(q: torch.Tensor, k: torch.Tensor) -> MixerConfig:
+    """The tile table's choice for these inputs (and the fp32 dot precision torch allows now)."""
+    return default_config(q.shape[-2], k.shape[-1], k.shape[2], k.dtype, interpret=_interpreting(),
+                          fp32_precision=_dot_precision(k.dtype))
 
 
 def _q_strides(q: torch.Tensor) -> Tuple[int, int, int, int]:
@@ -812,8 +831,57 @@ def flare_mixer_triton_impl(
     # viewed as [H, M, D] is transposed) made the backward 5-10x slower on an H100. q is tiny: copy it.
     q = q.contiguous()
     if config is None:
-        config = default_config(q.shape[-2], k.shape[-1], k.shape[2], k.dtype, interpret=_interpreting())
+        config = _config_for(q, k)
     return _FlareMixerTriton.apply(q, k, v, config, num_chunks)
+
+
+# --------------------------------------------------------------------------------------------
+# The same kernels as PyTorch operators: torch.compile treats them as opaque nodes (no graph
+# break, Inductor fuses the projections and norms around them) and CUDA graphs capture them.
+# Tile sizes come from ``default_config``; overrides go through ``flare_mixer_triton_impl``.
+# --------------------------------------------------------------------------------------------
+@torch.library.custom_op("flare::triton_mixer_fwd", mutates_args=())
+def _mixer_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+                  ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(Y, Z, lse_gather, lse_scatter) of the fused forward; q contiguous."""
+    return _forward(q, k, v, _config_for(q, k), None)
+
+
+@_mixer_fwd_op.register_fake
+def _(q, k, v):
+    B, H, N, D = k.shape
+    M = q.shape[-2]
+    f32 = dict(device=k.device, dtype=torch.float32)
+    return (k.new_empty((B, H, N, D)), torch.empty((B * H, M, D), **f32),
+            torch.empty((B * H, M), **f32), torch.empty((B * H, N), **f32))
+
+
+@torch.library.custom_op("flare::triton_mixer_bwd", mutates_args=())
+def _mixer_bwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, y: torch.Tensor, z: torch.Tensor,
+                  lse_g: torch.Tensor, lse_s: torch.Tensor, dy: torch.Tensor
+                  ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dQ, dK, dV) of the fused backward."""
+    dq, dk, dv = _backward(q, k, v, y, z, lse_g, lse_s, dy, _config_for(q, k), None)
+    return dq.contiguous(), dk, dv
+
+
+@_mixer_bwd_op.register_fake
+def _(q, k, v, y, z, lse_g, lse_s, dy):
+    return torch.empty_like(q, memory_format=torch.contiguous_format), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _mixer_op_setup(ctx, inputs, output):
+    q, k, v = inputs
+    y, z, lse_g, lse_s = output
+    ctx.save_for_backward(q, k, v, y, z, lse_g, lse_s)
+
+
+def _mixer_op_backward(ctx, dy, _dz, _dlse_g, _dlse_s):
+    q, k, v, y, z, lse_g, lse_s = ctx.saved_tensors
+    return _mixer_bwd_op(q, k, v, y, z, lse_g, lse_s, dy)
+
+
+_mixer_fwd_op.register_autograd(_mixer_op_backward, setup_context=_mixer_op_setup)
 
 
 def flare_mixer_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -821,6 +889,8 @@ def flare_mixer_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tor
 
     q: ``[H, M, D]`` (shared over the batch) or ``[B, H, M, D]``; k, v: ``[B, H, N, D]``;
     dtypes float32 / bfloat16 / float16 (fp32 accumulation inside).  Returns ``[B, H, N, D]``
-    in the input dtype.  Differentiable in q, k and v.
+    in the input dtype.  Differentiable in q, k and v; runs as the ``flare::triton_mixer_fwd`` /
+    ``_bwd`` operators, so ``torch.compile`` and CUDA graphs take it whole.
     """
-    return flare_mixer_triton_impl(q, k, v)
+    _check_inputs(q, k, v)
+    return _mixer_fwd_op(q.contiguous(), k, v)[0]

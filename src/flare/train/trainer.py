@@ -170,13 +170,15 @@ class Trainer:
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        # CUDA graphs for one process on fixed-size samples (DDP's hooks do not mix with them;
+        # variable sizes never repeat a shape). With torch.compile, its own CUDA graphs
+        # (mode "reduce-overhead") replace ours.
+        use_graphs = (self.cfg.cuda_graphs and self.device.type == "cuda" and not self.dist.enabled
+                      and self.train_set.data.fixed_size)
+        self.compiled_graphs = bool(self.cfg.compile and use_graphs)
         if self.cfg.compile:
-            self.net = torch.compile(self.net)
-        # CUDA graphs for one process on fixed-size samples (DDP's hooks and torch.compile's own
-        # graphs do not mix with them; variable sizes never repeat a shape)
-        self.graphs = GraphedTraining(self.model, enabled=(
-            self.cfg.cuda_graphs and self.device.type == "cuda" and not self.dist.enabled
-            and not self.cfg.compile and self.train_set.data.fixed_size))
+            self.net = torch.compile(self.net, mode="reduce-overhead" if self.compiled_graphs else None)
+        self.graphs = GraphedTraining(self.model, enabled=use_graphs and not self.cfg.compile)
         self.ema = None
         if self.cfg.ema_decay > 0:
             self.ema = torch.optim.swa_utils.AveragedModel(
@@ -275,6 +277,8 @@ class Trainer:
             x, y = self.train_set.batch(indices)
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             extra = {"edges": self.train_set.batch_edges(indices).to(self.device)} if self.needs_edges else {}
+            if self.compiled_graphs:  # the previous step's graph outputs are no longer needed
+                torch.compiler.cudagraph_mark_step_begin()
             with self.autocast():
                 pred = self.graphs(x, *extra.values()) if self.graphs.enabled else self.net(x, **extra)
             loss, rel = self.loss(pred, y)

@@ -9,7 +9,9 @@
 Modes: ``eager``; ``graphs`` (forward and backward replayed from CUDA graphs, as ``flare train`` does
 by default); ``compile`` (``torch.compile``, Inductor fuses the pointwise chains); ``compile-graphs``
 (``torch.compile(mode="reduce-overhead")``: compiled and replayed from CUDA graphs, as
-``flare train`` does with ``train.compile: true`` on a GPU).
+``flare train`` does with ``train.compile: true`` on a GPU); ``compile-max`` and
+``compile-max-graphs`` (``max-autotune``: Inductor also generates the matrix products, with the
+pointwise chains fused into them).
 
 Medians of CUDA-event timings after warm-up, peak allocated memory; writes a CSV and prints a table.
 On the CPU it runs too (wall clock), for a quick check.
@@ -37,6 +39,11 @@ def grid_points(dataset: str, points: int | None) -> tuple[int, tuple[int, int] 
     nx, ny = GRIDS.get(dataset, (0, 0))
     sizes = {"elasticity": 972, "drivaerml": 40_000, "lpbf": 47_542}
     return (nx * ny, (nx, ny)) if nx else (sizes[dataset], None)
+
+
+# bench mode -> torch.compile mode
+COMPILE_MODES = {"compile": None, "compile-graphs": "reduce-overhead",
+                 "compile-max": "max-autotune-no-cudagraphs", "compile-max-graphs": "max-autotune"}
 
 
 def bench_one(name: str, args, backend: str | None, device: torch.device, mode: str = "eager") -> dict:
@@ -71,13 +78,15 @@ def bench_one(name: str, args, backend: str | None, device: torch.device, mode: 
                 else contextlib.nullcontext())
 
     forward = model
-    if mode in ("compile", "compile-graphs"):
-        forward = torch.compile(model, mode="reduce-overhead" if mode == "compile-graphs" else None)
+    if mode.startswith("compile"):
+        if mode not in COMPILE_MODES:
+            raise ValueError(f"unknown mode {mode!r}; choose from eager, graphs, {', '.join(COMPILE_MODES)}")
+        forward = torch.compile(model, mode=COMPILE_MODES[mode])
     elif mode != "eager" and mode != "graphs":
         raise ValueError(f"unknown mode {mode!r}")
 
     def step():
-        if mode == "compile-graphs":
+        if mode in ("compile-graphs", "compile-max-graphs"):
             torch.compiler.cudagraph_mark_step_begin()
         with autocast:
             pred = forward(x, **kwargs)
@@ -159,7 +168,7 @@ def main() -> None:
     parser.add_argument("--checkpointing", action="store_true", help="activation checkpointing per block")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="FLARE hyperparameter over its paper setting, e.g. --set num_heads=8 (repeatable)")
-    parser.add_argument("--modes", default="eager", help="comma-separated: eager, graphs, compile, compile-graphs")
+    parser.add_argument("--modes", default="eager", help="comma-separated: eager, graphs, compile, compile-graphs, compile-max, compile-max-graphs")
     parser.add_argument("--profile", type=int, default=0, help="print the top K kernels of one profiled step")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--reps", type=int, default=20)

@@ -132,8 +132,6 @@ def bench_one(name: str, args, backend: str | None, device: torch.device, mode: 
         return {**base, "status": "out of memory"}
     except Exception as err:  # noqa: BLE001 - a mode that fails (capture, compile) is a result too
         return {**base, "status": f"failed: {type(err).__name__}: {str(err)[:120]}"}
-    finally:
-        del opt
     return {**base, "batch": args.batch, "precision": args.precision,
             "parameters": sum(p.numel() for p in model.parameters()),
             "step_ms_median": float(pd.Series(times).median()), "peak_gib": peak,

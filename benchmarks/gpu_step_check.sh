@@ -12,8 +12,7 @@ mkdir -p "$OUT"
 export PYTHONPATH=src PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/device.txt"
 if [ "$PART" = tests ] || [ "$PART" = all ]; then
-  python -m pytest -q -m gpu tests/ops/test_triton_mixer.py tests/train/test_graphs.py 2>&1 | tail -5
-  python -m pytest -q tests/ops/test_triton_mixer.py -k "operator or compiles" 2>&1 | tail -3
+  python -m pytest -q tests/ops/test_triton_mixer.py tests/ops/test_mixer_backends.py tests/train/test_graphs.py 2>&1 | tail -5
 fi
 if [ "$PART" = darcy ] || [ "$PART" = all ]; then
   python benchmarks/bench_models.py --models flare --backends reference,triton \

@@ -100,6 +100,26 @@ def test_nan_loss_stops_with_the_step_named(tiny_darcy, tmp_path, monkeypatch):
     assert (tmp_path / "run" / "ckpt00.pt").exists()
 
 
+def test_nan_loss_found_at_a_later_synchronisation_still_names_its_step(tiny_darcy, tmp_path, monkeypatch):
+    """On a GPU the loss is checked every ``sync_every`` steps, not after each: the check at the end of
+    the epoch still names the first bad step, and no checkpoint is written after it."""
+    config = resolve_config(tiny_darcy, "flare", 0, TINY)
+    trainer = Trainer(config, tmp_path / "run", progress=False)
+    trainer.sync_every = 1000
+    real_loss, calls = trainer.loss, []
+
+    def loss_nan_from_the_second_step(pred, target):
+        calls.append(1)
+        loss, rel = real_loss(pred, target)
+        return (loss * math.nan, rel) if len(calls) >= 2 else (loss, rel)
+
+    monkeypatch.setattr(trainer, "loss", loss_nan_from_the_second_step)
+    with pytest.raises(FloatingPointError, match="loss is nan at epoch 1, step 2;"):
+        trainer.fit()
+    assert len(calls) == trainer.steps_per_epoch  # ran on to the end-of-epoch check
+    assert sorted(p.name for p in (tmp_path / "run").glob("*.pt")) == ["ckpt00.pt"]
+
+
 def test_no_weight_decay_on_biases_norms_and_latents():
     model = build("flare", 3, 1, channel_dim=8, num_blocks=2, num_heads=2, num_latents=4)
     decay, no_decay = parameter_groups(model, 1e-5)

@@ -64,6 +64,9 @@ class TrainingInterrupted(RuntimeError):
     """SIGTERM arrived (e.g. SLURM preemption); a checkpoint was written and a rerun resumes."""
 
 
+METRICS = ("train_loss", "train_rel_l2", "grad_norm")  # per-step training metrics, averaged per epoch
+
+
 def resolve_config(dataset_dir: str | Path, model: str, seed: int, overrides: Mapping[str, Any] | None = None) -> dict:
     """The run's full settings: the model's paper settings for the dataset, then ``overrides``.
 
@@ -190,6 +193,10 @@ class Trainer:
         self.epoch = 0  # completed epochs
         self.step_in_epoch = 0  # completed steps of the current epoch (non-zero only after SIGTERM)
         self.epoch_totals: dict[str, float] = {}
+        # steps between host synchronisations on a GPU: the metrics add up on the device and the
+        # loss is checked for NaN / Inf there, read every sync_every steps, at the end of each epoch
+        # and before any save (so a bad step is still named, and no checkpoint holds its weights)
+        self.sync_every = 50 if self.device.type == "cuda" else 1
         self.history: list[dict] = []
         self._stop_requested = False
 
@@ -269,7 +276,10 @@ class Trainer:
         """
         self.net.train()
         order = self.epoch_order(epoch)
-        totals = self.epoch_totals or {"train_loss": 0.0, "train_rel_l2": 0.0, "grad_norm": 0.0}
+        saved = self.epoch_totals or {}
+        totals = torch.tensor([saved.get(name, 0.0) for name in METRICS], dtype=torch.float64, device=self.device)
+        bad_step = torch.full((), -1, dtype=torch.long, device=self.device)  # first non-finite loss
+        bad_value = torch.zeros((), dtype=torch.float32, device=self.device)
         bs, local = self.cfg.batch_size, self.local_batch_size
         for step in range(self.step_in_epoch, self.steps_per_epoch):
             start = step * bs + self.dist.rank * local
@@ -282,11 +292,12 @@ class Trainer:
             with self.autocast():
                 pred = self.graphs(x, *extra.values()) if self.graphs.enabled else self.net(x, **extra)
             loss, rel = self.loss(pred, y)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}; the latest good checkpoint "
-                    f"in {self.run_dir} is kept"
-                )
+            with torch.no_grad():
+                first = (bad_step < 0) & ~torch.isfinite(loss.detach())
+                bad_step = torch.where(first, step, bad_step)
+                bad_value = torch.where(first, loss.detach().float(), bad_value)
+            if self.sync_every == 1:
+                self._check_finite(bad_step, bad_value, epoch)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)
@@ -297,19 +308,32 @@ class Trainer:
             self.scheduler.step()
             if self.ema is not None:
                 self.ema.update_parameters(self.model)
-            totals["train_loss"] += loss.item()
-            totals["train_rel_l2"] += rel.item()
-            totals["grad_norm"] += float(grad_norm)
+            with torch.no_grad():
+                totals += torch.stack([loss.detach(), rel.detach(), grad_norm.detach()]).double()
+            if (step + 1) % self.sync_every == 0:
+                self._check_finite(bad_step, bad_value, epoch)
             if distributed.any_rank(self._stop_requested, self.dist, self.device):
-                self.step_in_epoch, self.epoch_totals = step + 1, totals
+                self._check_finite(bad_step, bad_value, epoch)
+                self.step_in_epoch = step + 1
+                self.epoch_totals = dict(zip(METRICS, totals.tolist()))
                 self.save(self.run_dir / LATEST)
                 raise TrainingInterrupted(
                     f"stopped by SIGTERM at epoch {epoch + 1}, step {step + 1}; state saved to "
                     f"{self.run_dir / LATEST}, run the same command again to resume"
                 )
+        self._check_finite(bad_step, bad_value, epoch)
         self.step_in_epoch, self.epoch_totals = 0, {}
-        means = {k: v / self.steps_per_epoch for k, v in totals.items()}
+        means = {name: value / self.steps_per_epoch for name, value in zip(METRICS, totals.tolist())}
         return distributed.mean_over_ranks(means, self.dist, self.device)
+
+    def _check_finite(self, bad_step: torch.Tensor, bad_value: torch.Tensor, epoch: int) -> None:
+        """Raise, naming the step, if a loss of this epoch so far was NaN or Inf (a host sync)."""
+        step = int(bad_step)
+        if step >= 0:
+            raise FloatingPointError(
+                f"loss is {float(bad_value)} at epoch {epoch + 1}, step {step + 1}; the latest good checkpoint "
+                f"in {self.run_dir} is kept"
+            )
 
     def _request_stop(self, signum, frame) -> None:
         self._stop_requested = True

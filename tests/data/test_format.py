@@ -58,6 +58,20 @@ def test_only_selected_input_channels_are_normalised(tiny_darcy):
     assert x.shape == (3, 81, 3)
 
 
+def test_a_fixed_size_split_moved_to_a_device_gives_the_same_batches(tiny_darcy, variable_size_dataset):
+    train = StandardDataset(tiny_darcy / "train.h5")
+    want_x, want_y = train.batch([3, 0, 2])
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    assert train.nbytes == (len(train) * 81 * (3 + 1)) * 4
+    train.to(device)
+    got_x, got_y = train.batch(torch.tensor([3, 0, 2], device=device))  # indices on the device
+    assert got_x.device.type == device
+    torch.testing.assert_close(got_x.cpu(), want_x, rtol=0, atol=0)
+    torch.testing.assert_close(got_y.cpu(), want_y, rtol=0, atol=0)
+    clouds = StandardDataset(variable_size_dataset[0] / "train.h5").to(device)  # variable sizes stay put
+    assert clouds[0][0].device.type == "cpu" and clouds.batch(torch.tensor([1, 3]))[0].shape == (2, 9, 2)
+
+
 def test_gaussian_normalizer_inverse():
     values = np.random.default_rng(0).normal(3.0, 2.0, size=(100, 2))
     norm = GaussianNormalizer.fit(values, mask=[True, False])

@@ -94,6 +94,7 @@ def test_changed_settings_in_an_existing_run_folder_are_refused(tiny_darcy, tmp_
 def test_nan_loss_stops_with_the_step_named(tiny_darcy, tmp_path, monkeypatch):
     config = resolve_config(tiny_darcy, "flare", 0, TINY)
     trainer = Trainer(config, tmp_path / "run", progress=False)
+    trainer.sync_every = 1  # checked at once (the CPU default; a GPU checks every 50 steps)
     monkeypatch.setattr(trainer, "loss", lambda p, t: (torch.tensor(math.nan), torch.tensor(0.0)))
     with pytest.raises(FloatingPointError, match="epoch 1, step 1"):
         trainer.fit()

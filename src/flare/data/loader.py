@@ -49,12 +49,26 @@ class StandardDataset(Dataset):
             raise ValueError(f"{self.path}: samples {list(indices)} have different edge counts; use batch_size 1")
         return torch.stack(edges)
 
-    def batch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
-        """Stack samples ``indices`` into ``([B, N, c_in], [B, N, c_out])``; sizes must agree."""
-        indices = list(indices)
+    def to(self, device: torch.device | str) -> "StandardDataset":
+        """Keep the (normalised) samples of a fixed-size split on ``device``: batches are then gathered
+        there, with no host-to-device copy per step. Variable-size splits stay where they are."""
         if self.data.fixed_size:
-            idx = torch.as_tensor(indices)
+            self._x, self._y = self._x.to(device), self._y.to(device)
+        return self
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the normalised inputs and targets held by this split."""
+        tensors = [self._x, self._y] if self.data.fixed_size else self._x + self._y
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def batch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stack samples ``indices`` into ``([B, N, c_in], [B, N, c_out])``; sizes must agree.
+        ``indices`` may be a tensor on the samples' device (no copy of the indices then)."""
+        if self.data.fixed_size:
+            idx = indices if torch.is_tensor(indices) else torch.as_tensor(list(indices))
             return self._x[idx], self._y[idx]
+        indices = [int(i) for i in indices]
         sizes = {len(self._x[i]) for i in indices}
         if len(sizes) > 1:
             raise ValueError(

@@ -65,6 +65,11 @@ class TrainingInterrupted(RuntimeError):
 
 
 METRICS = ("train_loss", "train_rel_l2", "grad_norm")  # per-step training metrics, averaged per epoch
+DATA_ON_DEVICE_SHARE = 0.1  # the largest training split kept on the GPU, as a share of its memory
+
+
+def _device_memory(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).total_memory
 
 
 def resolve_config(dataset_dir: str | Path, model: str, seed: int, overrides: Mapping[str, Any] | None = None) -> dict:
@@ -190,6 +195,13 @@ class Trainer:
         self.scheduler = make_scheduler(self.optimizer, self.cfg, self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.cfg.precision == "fp16")
         self.y_norm = self.train_set.y_normalizer.to(self.device)
+        # A fixed-size training split small next to the GPU's memory lives on the GPU: batches are
+        # gathered there, so no step waits on a host-to-device copy (a copy from pageable memory
+        # blocks the host until the GPU has finished the previous step).
+        self.data_on_device = (self.device.type == "cuda" and self.train_set.data.fixed_size
+                               and self.train_set.nbytes <= DATA_ON_DEVICE_SHARE * _device_memory(self.device))
+        if self.data_on_device:
+            self.train_set.to(self.device)
         self.epoch = 0  # completed epochs
         self.step_in_epoch = 0  # completed steps of the current epoch (non-zero only after SIGTERM)
         self.epoch_totals: dict[str, float] = {}
@@ -281,10 +293,11 @@ class Trainer:
         bad_step = torch.full((), -1, dtype=torch.long, device=self.device)  # first non-finite loss
         bad_value = torch.zeros((), dtype=torch.float32, device=self.device)
         bs, local = self.cfg.batch_size, self.local_batch_size
+        order_on_device = order.to(self.device) if self.data_on_device else None
         for step in range(self.step_in_epoch, self.steps_per_epoch):
             start = step * bs + self.dist.rank * local
             indices = order[start : start + local].tolist()
-            x, y = self.train_set.batch(indices)
+            x, y = self.train_set.batch(indices if order_on_device is None else order_on_device[start : start + local])
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             extra = {"edges": self.train_set.batch_edges(indices).to(self.device)} if self.needs_edges else {}
             if self.compiled_graphs:  # the previous step's graph outputs are no longer needed

@@ -1,0 +1,47 @@
+"""Where the host time of a `flare train` step goes: profiles one epoch of the trainer (after a
+warm-up epoch) and prints the operators by host (CPU) time, with the GPU time beside them.
+
+    PYTHONPATH=src python benchmarks/profile_trainer.py --data-dir <prepared dataset> [--set train.compile=true]
+"""
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from flare.cli import parse_set
+from flare.train.trainer import Trainer, resolve_config
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--model", default="flare")
+    parser.add_argument("--run-dir", default="/tmp/flare-profile-run")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    parser.add_argument("--top", type=int, default=25)
+    args = parser.parse_args()
+    config = resolve_config(args.data_dir, args.model, 0, parse_set(args.set))
+    trainer = Trainer(config, Path(args.run_dir), progress=False)
+    trainer.train_epoch(0)  # warm-up: CUDA graph capture, compilation
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    t0 = time.perf_counter()
+    trainer.train_epoch(1)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    plain = time.perf_counter() - t0
+    with torch.profiler.profile(activities=activities) as prof:
+        trainer.train_epoch(2)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+    steps = trainer.steps_per_epoch
+    print(f"{steps} steps, {1e3 * plain / steps:.2f} ms per step without the profiler")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.top, max_name_column_width=60))
+
+
+if __name__ == "__main__":
+    main()

@@ -44,7 +44,7 @@ def measure_bandwidth(nbytes=2 << 30):
     a = torch.empty(nbytes // 4, device="cuda", dtype=torch.float32).normal_()
     b = torch.empty_like(a)
     ms = do_bench(lambda: b.copy_(a), warmup=50, rep=200)
-    del a, b
+    a = b = None  # free before emptying the cache (not del: the lambda above closes over them)
     torch.cuda.empty_cache()
     return 2 * nbytes / (ms * 1e-3)  # bytes read + written per second
 
@@ -141,7 +141,7 @@ def run_case(case, impls, modes, args, bw, rows):
             rows.append(row)
             print(f"  {case['name']:>6} M={M:<5d} N={N:<8d} {impl:>9} {mode:>6}: {ms:9.3f} ms "
                   f"(floor {floor:.3f} ms, peak +{peak:.0f} MiB)", flush=True)
-    del q, k, v, dy
+    q = k = v = dy = None
     torch.cuda.empty_cache()
 
 
@@ -293,7 +293,7 @@ def run_tune(case, args, rows):
             rows.append(dict(case=case["name"], dtype=str(dtype).replace("torch.", ""), B=B, H=H, M=M, N=N, D=D,
                              impl=f"triton:{vname}", mode=mode, ms=t, peak_extra_mib=float("nan"),
                              hbm_floor_ms=float("nan")))
-    del q, k, v, dy, z, y, dz, dk, dv, leaves, ref_leaves, y64
+    q = k = v = dy = z = y = dz = dk = leaves = ref_leaves = y64 = None
     torch.cuda.empty_cache()
 
 

@@ -592,7 +592,8 @@ def default_config(M: int, D: int, N: int, dtype: torch.dtype, interpret: bool =
         gather = KernelCfg(128, 64, 4, 3, programs_per_sm=8)
         scatter = KernelCfg(64, 128, 4, 2, programs_per_sm=8)
         bwd_scatter = KernelCfg(128, 64, 8, 3)
-    bwd_main = KernelCfg(_clamp_pow2(M, 16, 64), 64, 4, 3)
+    # small heads: more, shorter chunks in the backward's second pass (D = 8: 3.92 -> 3.75 ms, H100)
+    bwd_main = KernelCfg(_clamp_pow2(M, 16, 64), 64, 4, 3, programs_per_sm=8 if M > 64 and D <= 8 else None)
     return MixerConfig(gather=gather, scatter=scatter, bwd_scatter=bwd_scatter, bwd_main=bwd_main)
 
 

@@ -196,7 +196,6 @@ if _TRITON_IMPORT_ERROR is None:
         Q, K, Z, Y, LSE_S,
         sqb, sqh, sqm, sqd,
         skb, skh, skn, skd,
-        syb, syh, syn,
         H, M, N, D: tl.constexpr, chunk_len,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
         ONE_M_TILE: tl.constexpr, EVEN_M: tl.constexpr, DOT_PREC: tl.constexpr,
@@ -221,8 +220,6 @@ if _TRITON_IMPORT_ERROR is None:
         n_end = tl.minimum(n_start + chunk_len, N)
         k_base = K + b * skb + h * skh + n_start.to(tl.int64) * skn
         tile_k = offs_n[:, None] * skn + offs_d[None, :] * skd
-        y_base = Y + b * syb + h * syh + n_start.to(tl.int64) * syn
-        tile_y = offs_n[:, None] * syn + offs_d[None, :]
         tok0 = bh * N + n_start
         q_base = Q + b * sqb + h * sqh
         z_base = Z + bh * M * D
@@ -271,7 +268,7 @@ if _TRITON_IMPORT_ERROR is None:
             l_safe = tl.where(l_i > 0.0, l_i, 1.0)
             y = acc / l_safe[:, None]
             rows = tok0 + rel + offs_n
-            tl.store(y_base + rel * syn + tile_y, y.to(Y.dtype.element_ty), mask=nd_mask)
+            tl.store(Y + rows[:, None] * D + offs_d[None, :], y.to(Y.dtype.element_ty), mask=nd_mask)
             tl.store(LSE_S + rows, m_i + tl.log2(l_safe), mask=n_mask)
 
     @triton.jit
@@ -280,7 +277,6 @@ if _TRITON_IMPORT_ERROR is None:
         sqb, sqh, sqm, sqd,
         skb, skh, skn, skd,
         sdb, sdh, sdn, sdd,
-        syb, syh, syn, syd,
         H, M, N, D: tl.constexpr, chunk_len, C,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
         DOT_PREC: tl.constexpr,
@@ -319,8 +315,6 @@ if _TRITON_IMPORT_ERROR is None:
         dy_base = DY + b * sdb + h * sdh + n0 * sdn
         tile_k = offs_n[:, None] * skn + offs_d[None, :] * skd
         tile_dy = offs_n[:, None] * sdn + offs_d[None, :] * sdd
-        y_base = Y + b * syb + h * syh + n0 * syn
-        tile_y = offs_n[:, None] * syn + offs_d[None, :] * syd
         tok0 = bh * N + n0
         first_tile = (offs_n * 0 + pid_m) == 0  # only latent tile 0 writes Δ_s
 
@@ -333,7 +327,7 @@ if _TRITON_IMPORT_ERROR is None:
             k = tl.load(k_base + rel * skn + tile_k, mask=nd_mask, other=0.0)
             dy = tl.load(dy_base + rel * sdn + tile_dy, mask=nd_mask, other=0.0).to(q.dtype)
             rows = tok0 + rel + offs_n
-            y = tl.load(y_base + rel * syn + tile_y, mask=nd_mask, other=0.0)
+            y = tl.load(Y + rows[:, None] * D + offs_d[None, :], mask=nd_mask, other=0.0)
             lse = tl.load(LSE_S + rows, mask=n_mask, other=float("inf"))
             delta = tl.sum(dy.to(tl.float32) * y.to(tl.float32), 1)
             tl.store(DELTA_S + rows, delta, mask=n_mask & first_tile)
@@ -381,7 +375,7 @@ if _TRITON_IMPORT_ERROR is None:
     def _bwd_main_ntile(
         start, n_start, n_end, offs_n, offs_d, d_mask,
         k_base, v_base, dy_base, tile_k, tile_v, tile_dy, skn, svn, sdn,
-        tok0, LSE_S, DELTA_S, dk_base, dv_base, tile_o, son,
+        tok0, LSE_S, DELTA_S, DK, DV,
         q, z, dz, lse_g, delta_g, dq,
         q_base, sqm, sqd, Z, DZ, LSE_G, DELTA_G, zrow0, dq_base, M,
         D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -425,9 +419,9 @@ if _TRITON_IMPORT_ERROR is None:
                 tl.store(dq_ptrs, dqt, mask=md_mask)
                 # the next visit of this tile may be made by other threads of the program
                 tl.debug_barrier()
-        out = rel * son + tile_o
-        tl.store(dk_base + out, dk.to(dk_base.dtype.element_ty), mask=nd_mask)
-        tl.store(dv_base + out, dv.to(dv_base.dtype.element_ty), mask=nd_mask)
+        out = rows[:, None] * D + offs_d[None, :]
+        tl.store(DK + out, dk.to(DK.dtype.element_ty), mask=nd_mask)
+        tl.store(DV + out, dv.to(DV.dtype.element_ty), mask=nd_mask)
         return dq
 
     @triton.jit
@@ -437,7 +431,6 @@ if _TRITON_IMPORT_ERROR is None:
         skb, skh, skn, skd,
         svb, svh, svn, svd,
         sdb, sdh, sdn, sdd,
-        sob, soh, son,
         H, M, N, D: tl.constexpr, chunk_len, C,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
         ONE_M_TILE: tl.constexpr, EVEN_M: tl.constexpr, DOT_PREC: tl.constexpr,
@@ -470,9 +463,6 @@ if _TRITON_IMPORT_ERROR is None:
         tile_k = offs_n[:, None] * skn + offs_d[None, :] * skd
         tile_v = offs_n[:, None] * svn + offs_d[None, :] * svd
         tile_dy = offs_n[:, None] * sdn + offs_d[None, :] * sdd
-        dk_base = DK + b * sob + h * soh + n0 * son
-        dv_base = DV + b * sob + h * soh + n0 * son
-        tile_o = offs_n[:, None] * son + offs_d[None, :]
         tok0 = bh * N + n0
 
         q_base = Q + b * sqb + h * sqh
@@ -499,15 +489,13 @@ if _TRITON_IMPORT_ERROR is None:
         for start in range(n_start, n_full, BLOCK_N):
             dq = _bwd_main_ntile(start, n_start, n_end, offs_n, offs_d, d_mask,
                                  k_base, v_base, dy_base, tile_k, tile_v, tile_dy, skn, svn, sdn,
-                                 tok0, LSE_S, DELTA_S, dk_base, dv_base, tile_o, son,
-                                 q, z, dz, lse_g, delta_g, dq,
+                                 tok0, LSE_S, DELTA_S, DK, DV, q, z, dz, lse_g, delta_g, dq,
                                  q_base, sqm, sqd, Z, DZ, LSE_G, DELTA_G, zrow0, dq_base, M,
                                  D, BLOCK_M, BLOCK_N, ONE_M_TILE, not EVEN_M, DOT_PREC)
         if n_full < n_end:
             dq = _bwd_main_ntile(n_full, n_start, n_end, offs_n, offs_d, d_mask,
                                  k_base, v_base, dy_base, tile_k, tile_v, tile_dy, skn, svn, sdn,
-                                 tok0, LSE_S, DELTA_S, dk_base, dv_base, tile_o, son,
-                                 q, z, dz, lse_g, delta_g, dq,
+                                 tok0, LSE_S, DELTA_S, DK, DV, q, z, dz, lse_g, delta_g, dq,
                                  q_base, sqm, sqd, Z, DZ, LSE_G, DELTA_G, zrow0, dq_base, M,
                                  D, BLOCK_M, BLOCK_N, ONE_M_TILE, True, DOT_PREC)
         if ONE_M_TILE:
@@ -653,13 +641,6 @@ def _config_for(q: torch.Tensor, k: torch.Tensor) -> MixerConfig:
                           fp32_precision=_dot_precision(k.dtype))
 
 
-def token_major_empty(B: int, H: int, N: int, D: int, like: torch.Tensor) -> torch.Tensor:
-    """An uninitialised ``[B, H, N, D]`` tensor stored as ``[B, N, H, D]``: the layout of the model's
-    ``[B, N, C]`` activations, so ``.transpose(1, 2).reshape(B, N, C)`` of it is a view, not a copy.
-    Y, dK and dV come out this way."""
-    return torch.empty((B, N, H, D), device=like.device, dtype=like.dtype).transpose(1, 2)
-
-
 def _q_strides(q: torch.Tensor) -> Tuple[int, int, int, int]:
     if q.dim() == 3:
         return (0,) + tuple(q.stride())
@@ -703,16 +684,16 @@ def _run_gather(q, k, v, cfg: MixerConfig, num_chunks: Optional[int] = None):
 
 
 def _run_scatter(q, k, z, cfg: MixerConfig, num_chunks: Optional[int] = None):
-    """Y = softmax_M(K Qᵀ) Z -> Y [B, H, N, D] (input dtype, token-major), lse2_scatter [B·H, N] fp32."""
+    """Y = softmax_M(K Qᵀ) Z -> Y [B, H, N, D] (input dtype), lse2_scatter [B·H, N] fp32."""
     B, H, M, N, D, bd = _dims(q, k)
     s = cfg.scatter
-    y = token_major_empty(B, H, N, D, k)
+    y = torch.empty((B, H, N, D), device=k.device, dtype=k.dtype)
     lse_s = torch.empty((B * H, N), device=k.device, dtype=torch.float32)
     want = num_chunks if num_chunks is not None else _want_chunks(cfg, s, N, B * H, _sm_count(k.device))
     C, chunk_len = _split_n(N, s.block_n, want)
     LAST_LAUNCH["scatter_fwd_kernel"] = _scatter_fwd_kernel[(C, B * H)](
         q, k, z, y, lse_s,
-        *_q_strides(q), *k.stride(), *y.stride()[:3],
+        *_q_strides(q), *k.stride(),
         H, M, N, D, chunk_len,
         BLOCK_M=s.block_m, BLOCK_N=s.block_n, BLOCK_D=bd,
         ONE_M_TILE=M <= s.block_m, EVEN_M=M % s.block_m == 0, DOT_PREC=_dot_precision(k.dtype, cfg),
@@ -735,7 +716,7 @@ def _run_bwd_scatter(q, k, z, y, lse_s, dy, cfg: MixerConfig, num_chunks: Option
     dqp = torch.empty((BH, C1, M, D), **f32)
     LAST_LAUNCH["bwd_scatter_kernel"] = _bwd_scatter_kernel[(C1, n_mt, BH)](
         q, k, z, dy, y, lse_s, delta_s, dzp, dqp,
-        *_q_strides(q), *k.stride(), *dy.stride(), *y.stride(),
+        *_q_strides(q), *k.stride(), *dy.stride(),
         H, M, N, D, chunk1, C1,
         BLOCK_M=c1.block_m, BLOCK_N=c1.block_n, BLOCK_D=bd, DOT_PREC=_dot_precision(k.dtype, cfg),
         num_warps=c1.num_warps, num_stages=c1.num_stages,
@@ -748,19 +729,19 @@ def _run_bwd_scatter(q, k, z, y, lse_s, dy, cfg: MixerConfig, num_chunks: Option
 
 def _run_bwd_main(q, k, v, z, dz, dy, lse_g, delta_g, lse_s, delta_s, cfg: MixerConfig,
                   num_chunks: Optional[int] = None):
-    """Pass 2 -> dK, dV [B, H, N, D] (input dtype, token-major), dQ_gather [B·H, M, D] fp32."""
+    """Pass 2 -> dK, dV [B, H, N, D] (input dtype), dQ_gather [B·H, M, D] fp32."""
     B, H, M, N, D, bd = _dims(q, k)
     BH = B * H
     c2 = cfg.bwd_main
     one_tile = M <= c2.block_m
     want = num_chunks if num_chunks is not None else _want_chunks(cfg, c2, N, BH, _sm_count(k.device))
     C2, chunk2 = _split_n(N, c2.block_n, want)
-    dk = token_major_empty(B, H, N, D, k)
-    dv = token_major_empty(B, H, N, D, v)
+    dk = torch.empty((B, H, N, D), device=k.device, dtype=k.dtype)
+    dv = torch.empty((B, H, N, D), device=k.device, dtype=v.dtype)
     dqp = (torch.empty if one_tile else torch.zeros)((BH, C2, M, D), device=k.device, dtype=torch.float32)
     LAST_LAUNCH["bwd_main_kernel"] = _bwd_main_kernel[(C2, BH)](
         q, k, v, z, dz, dy, lse_g, delta_g, lse_s, delta_s, dk, dv, dqp,
-        *_q_strides(q), *k.stride(), *v.stride(), *dy.stride(), *dk.stride()[:3],
+        *_q_strides(q), *k.stride(), *v.stride(), *dy.stride(),
         H, M, N, D, chunk2, C2,
         BLOCK_M=c2.block_m, BLOCK_N=c2.block_n, BLOCK_D=bd, ONE_M_TILE=one_tile, EVEN_M=M % c2.block_m == 0,
         DOT_PREC=_dot_precision(k.dtype, cfg),
@@ -872,7 +853,7 @@ def _(q, k, v):
     B, H, N, D = k.shape
     M = q.shape[-2]
     f32 = dict(device=k.device, dtype=torch.float32)
-    return (token_major_empty(B, H, N, D, k), torch.empty((B * H, M, D), **f32),
+    return (k.new_empty((B, H, N, D)), torch.empty((B * H, M, D), **f32),
             torch.empty((B * H, M), **f32), torch.empty((B * H, N), **f32))
 
 
@@ -887,9 +868,7 @@ def _mixer_bwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, y: torch.Te
 
 @_mixer_bwd_op.register_fake
 def _(q, k, v, y, z, lse_g, lse_s, dy):
-    B, H, N, D = k.shape
-    return (torch.empty_like(q, memory_format=torch.contiguous_format), token_major_empty(B, H, N, D, k),
-            token_major_empty(B, H, N, D, v))
+    return torch.empty_like(q, memory_format=torch.contiguous_format), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _mixer_op_setup(ctx, inputs, output):
@@ -911,8 +890,7 @@ def flare_mixer_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tor
 
     q: ``[H, M, D]`` (shared over the batch) or ``[B, H, M, D]``; k, v: ``[B, H, N, D]``;
     dtypes float32 / bfloat16 / float16 (fp32 accumulation inside).  Returns ``[B, H, N, D]``
-    in the input dtype, stored token-major (``[B, N, H, D]`` memory, see ``token_major_empty``).
-    Differentiable in q, k and v; runs as the ``flare::triton_mixer_fwd`` /
+    in the input dtype.  Differentiable in q, k and v; runs as the ``flare::triton_mixer_fwd`` /
     ``_bwd`` operators, so ``torch.compile`` and CUDA graphs take it whole.
     """
     _check_inputs(q, k, v)

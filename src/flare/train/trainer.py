@@ -309,7 +309,7 @@ class Trainer:
                 first = (bad_step < 0) & ~torch.isfinite(loss.detach())
                 bad_step = torch.where(first, step, bad_step)
                 bad_value = torch.where(first, loss.detach().float(), bad_value)
-            if self.sync_every == 1:
+            if (step + 1) % self.sync_every == 0:  # every step on the CPU: before its update
                 self._check_finite(bad_step, bad_value, epoch)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
@@ -323,8 +323,6 @@ class Trainer:
                 self.ema.update_parameters(self.model)
             with torch.no_grad():
                 totals += torch.stack([loss.detach(), rel.detach(), grad_norm.detach()]).double()
-            if (step + 1) % self.sync_every == 0:
-                self._check_finite(bad_step, bad_value, epoch)
             if distributed.any_rank(self._stop_requested, self.dist, self.device):
                 self._check_finite(bad_step, bad_value, epoch)
                 self.step_in_epoch = step + 1

@@ -12,28 +12,12 @@ import torch
 
 from flare.metrics import relative_l2
 from flare.models import PAPER_DATASET_CHANNELS, paper_model
+from timing import cuda_event_times, profiled_kernels
 
 
 def median_ms(step, warmup=5, reps=20):
-    for _ in range(warmup):
-        step()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        step()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b))
+    times = cuda_event_times(step, warmup, reps)
     return sorted(times)[len(times) // 2]
-
-
-def kernel_ms(step):
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        step()
-        torch.cuda.synchronize()
-    return sum(e.self_device_time_total for e in prof.key_averages()) / 1e3
 
 
 def bench(backend: str, mode: str) -> dict:
@@ -54,7 +38,7 @@ def bench(backend: str, mode: str) -> dict:
         opt.step()
 
     ms = median_ms(step)
-    return {"backend": backend, "mode": mode, "step_ms": ms, "kernel_ms": kernel_ms(step)}
+    return {"backend": backend, "mode": mode, "step_ms": ms, "kernel_ms": profiled_kernels(step)[0]}
 
 
 def main():

@@ -29,6 +29,7 @@ import yaml
 
 from flare.metrics import relative_l2
 from flare.models import MODELS, PAPER_DATASET_CHANNELS, paper_model
+from timing import cuda_event_times, profiled_kernels
 
 GRIDS = {"darcy": (85, 85), "airfoil": (221, 51), "pipe": (129, 129)}
 
@@ -109,19 +110,13 @@ def bench_one(name: str, args, backend: str | None, device: torch.device, mode: 
         if device.type == "cuda":
             torch.cuda.synchronize()
         warmup_s = time.perf_counter() - t0
-        times = []
         if device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats(device)
-            for _ in range(args.reps):
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                step()
-                end.record()
-                torch.cuda.synchronize()
-                times.append(start.elapsed_time(end))
+            times = cuda_event_times(step, 0, args.reps)
             peak = torch.cuda.max_memory_allocated(device) / 2**30
         else:
+            times = []
             for _ in range(args.reps):
                 t0 = time.perf_counter()
                 step()
@@ -143,12 +138,7 @@ def profile_step(step, top: int, label: str) -> dict:
     ``top`` kernels by time printed."""
     if not torch.cuda.is_available():
         return {}
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        step()
-        torch.cuda.synchronize()
-    events = [e for e in prof.key_averages() if e.self_device_time_total > 0]
-    total = sum(e.self_device_time_total for e in events) / 1e3
-    launches = sum(e.count for e in events)
+    total, launches, events = profiled_kernels(step)
     print(f"-- {label}: {total:.2f} ms of kernels in {launches} launches; top {top}:")
     for e in sorted(events, key=lambda e: -e.self_device_time_total)[:top]:
         print(f"   {e.self_device_time_total / 1e3:8.3f} ms  x{e.count:<4d} {e.key[:110]}")

@@ -11,20 +11,11 @@ import torch
 
 from flare.ops import flare_mixer
 from flare.report.scaling import attention_layer
+from timing import cuda_event_times
 
 
 def cuda_ms(fn, warmup=3, reps=10):
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b))
+    times = cuda_event_times(fn, warmup, reps)
     return sorted(times)[len(times) // 2]
 
 

@@ -29,6 +29,9 @@ class FLAREConfig:
     in_out_proj_ratio: float = 1.0
     out_proj_ln: bool = True
     attn_backend: str = "reference"
+    # residual MLPs (key / value projections, block MLPs, in / out projections): "torch", "triton"
+    # (one fused kernel forward and one backward, flare.ops.fused_mlp) or "auto" (triton on CUDA)
+    mlp_backend: str = "torch"
     # recompute the in/out projections and each block in the backward instead of keeping their
     # activations: memory of about one block's activations plus the residual stream at each block
     # boundary, for one more forward (how 10M points fit on one 80 GB card)
@@ -50,8 +53,9 @@ class FLAREMixer(nn.Module):
         self.num_heads, self.head_dim, self.num_latents = H, C // H, cfg.num_latents
         self.backend = cfg.attn_backend
         kv_hidden = int(C * cfg.kv_proj_ratio)
-        self.key_proj = ResidualMLP(C, kv_hidden, C, cfg.num_layers_kv_proj, True, True)
-        self.value_proj = ResidualMLP(C, kv_hidden, C, cfg.num_layers_kv_proj, True, True)
+        mlp = cfg.mlp_backend
+        self.key_proj = ResidualMLP(C, kv_hidden, C, cfg.num_layers_kv_proj, True, True, backend=mlp)
+        self.value_proj = ResidualMLP(C, kv_hidden, C, cfg.num_layers_kv_proj, True, True, backend=mlp)
         # One [C, M] parameter viewed as [H, D, M]: head h owns its own M latents of width D.
         self.latent_queries = nn.Parameter(torch.empty(C, cfg.num_latents))
         self.out = nn.Linear(C, C)
@@ -78,7 +82,8 @@ class FLAREBlock(nn.Module):
         self.norm1 = nn.LayerNorm(C)
         self.mixer = FLAREMixer(cfg)
         self.norm2 = nn.LayerNorm(C)
-        self.mlp = ResidualMLP(C, int(C * cfg.mlp_ratio), C, cfg.num_layers_mlp, True, True)
+        self.mlp = ResidualMLP(C, int(C * cfg.mlp_ratio), C, cfg.num_layers_mlp, True, True,
+                               backend=cfg.mlp_backend)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.mixer(self.norm1(x))
@@ -94,10 +99,12 @@ class FLARE(nn.Module):
         self.config = cfg
         C = cfg.channel_dim
         proj_hidden = int(C * cfg.in_out_proj_ratio)
-        self.in_proj = ResidualMLP(in_channels, proj_hidden, C, cfg.num_layers_in_out_proj, False, True)
+        self.in_proj = ResidualMLP(in_channels, proj_hidden, C, cfg.num_layers_in_out_proj, False, True,
+                                   backend=cfg.mlp_backend)
         self.blocks = nn.ModuleList(FLAREBlock(cfg) for _ in range(cfg.num_blocks))
         self.out_norm = nn.LayerNorm(C) if cfg.out_proj_ln else nn.Identity()
-        self.out_proj = ResidualMLP(C, proj_hidden, out_channels, cfg.num_layers_in_out_proj, True, False)
+        self.out_proj = ResidualMLP(C, proj_hidden, out_channels, cfg.num_layers_in_out_proj, True, False,
+                                    backend=cfg.mlp_backend)
         self.apply(init_linear_and_norm)
         for block in self.blocks:
             nn.init.normal_(block.mixer.latent_queries, mean=0.0, std=0.1)

@@ -9,12 +9,20 @@ def gelu_tanh() -> nn.Module:
     return nn.GELU(approximate="tanh")
 
 
+# "torch": nn.Linear and GELU modules; "triton": the fused kernels of flare.ops.fused_mlp (one launch
+# forward, one backward plus the weight-gradient products); "auto": triton on CUDA when it imports
+# and every width is at most FUSED_MAX_WIDTH, else torch.
+MLP_BACKENDS = ("torch", "triton", "auto")
+FUSED_MAX_WIDTH = 128
+
+
 class ResidualMLP(nn.Module):
     """MLP with optional input and output residual connections (SPEC §2).
 
     ``h = act(W_in x) (+ x if input_residual and in == hidden)``; then ``num_layers`` times
     ``h = h + act(W_i h)``; ``y = W_out h (+ h if output_residual and hidden == out)``.
-    ``num_layers = -1`` makes the whole module one ``Linear(in, out)``.
+    ``num_layers = -1`` makes the whole module one ``Linear(in, out)``. ``backend`` picks the
+    implementation (``MLP_BACKENDS``); parameters and results are the same for each.
     """
 
     def __init__(
@@ -25,8 +33,12 @@ class ResidualMLP(nn.Module):
         num_layers: int = 2,
         input_residual: bool = False,
         output_residual: bool = False,
+        backend: str = "torch",
     ):
         super().__init__()
+        if backend not in MLP_BACKENDS:
+            raise ValueError(f"unknown MLP backend {backend!r}; choose one of {', '.join(MLP_BACKENDS)}")
+        self.backend = backend
         self.single_linear = num_layers == -1
         if self.single_linear:
             self.fc_out = nn.Linear(in_dim, out_dim)
@@ -40,9 +52,30 @@ class ResidualMLP(nn.Module):
         self.input_residual = input_residual and in_dim == hidden_dim
         self.output_residual = output_residual and hidden_dim == out_dim
 
+    def uses_fused(self, x: torch.Tensor) -> bool:
+        """Whether ``forward(x)`` runs the fused Triton kernels (``flare.ops.fused_mlp``)."""
+        if self.single_linear or self.backend == "torch":
+            return False
+        if self.backend == "triton":
+            return True
+        widths = (self.fc_in.in_features, self.fc_in.out_features, self.fc_out.out_features)
+        if not x.is_cuda or max(widths) > FUSED_MAX_WIDTH:
+            return False
+        from flare.ops.fused_mlp import fused_mlp_available
+
+        return fused_mlp_available()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.single_linear:
             return self.fc_out(x)
+        if self.uses_fused(x):
+            from flare.ops.fused_mlp import fused_residual_mlp
+
+            return fused_residual_mlp(
+                x, self.fc_in.weight, self.fc_in.bias, [m.weight for m in self.fc_hidden],
+                [m.bias for m in self.fc_hidden], self.fc_out.weight, self.fc_out.bias,
+                self.input_residual, self.output_residual,
+            )
         h = self.act(self.fc_in(x))
         if self.input_residual:
             h = h + x

@@ -875,9 +875,13 @@ def _mixer_op_setup(ctx, inputs, output):
     q, k, v = inputs
     y, z, lse_g, lse_s = output
     ctx.save_for_backward(q, k, v, y, z, lse_g, lse_s)
+    ctx.mark_non_differentiable(z, lse_g, lse_s)  # saved for the backward only: no zero-filled grads
+    ctx.set_materialize_grads(False)
 
 
 def _mixer_op_backward(ctx, dy, _dz, _dlse_g, _dlse_s):
+    if dy is None:  # Y did not reach the loss
+        return None, None, None
     q, k, v, y, z, lse_g, lse_s = ctx.saved_tensors
     return _mixer_bwd_op(q, k, v, y, z, lse_g, lse_s, dy)
 

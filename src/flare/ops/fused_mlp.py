@@ -1,0 +1,422 @@
+"""The residual MLP (``flare.models.layers.ResidualMLP``) as one Triton kernel forward and one backward.
+
+At the paper's sizes (C = 64 channels, a few thousand to millions of points) an MLP of five
+``Linear`` layers is many tiny launches (matrix product, bias, GELU, residual add, and three matrix
+products per layer in the backward), and at millions of points every intermediate makes a round trip
+through memory. Here each program takes a tile of tokens through the whole chain in registers::
+
+    h_0     = gelu(x W_inᵀ + b_in)  (+ x          if input_residual)
+    h_{l+1} = h_l + gelu(h_l W_lᵀ + b_l)          l = 0 … L-1
+    y       = h_L W_outᵀ + b_out    (+ h_L        if output_residual)
+
+GELU is the tanh approximation, as in the model. The forward saves ``h_0 … h_L`` (the inputs of the
+hidden and output layers, in the dot dtype); the backward kernel recomputes each pre-activation from
+them with one small dot, runs the chain of input gradients in registers and writes the gradients of
+the pre-activations, from which the weight gradients are one batched matrix product over the tokens
+(cuBLAS, deterministic) and the bias gradients one sum.
+
+Dots run in ``dot_dtype`` (float32 — with TF32 when torch allows it, as ``nn.Linear`` does —
+bfloat16 or float16 under autocast) with fp32 accumulation; the residual stream stays fp32 in
+registers. Widths up to 128 (padded to a power of two ≥ 16 inside the kernel).
+
+``fused_residual_mlp`` runs as the ``flare::fused_mlp_fwd`` / ``flare::fused_mlp_bwd`` operators,
+so ``torch.compile`` and CUDA graphs take it whole. Like ``flare.ops.triton_mixer`` the kernels run
+on CPU tensors under ``TRITON_INTERPRET=1`` (set before the first import).
+"""
+from __future__ import annotations
+
+import os
+from typing import List, Optional, Tuple
+
+import torch
+
+try:  # pragma: no cover - exercised by whichever environment runs the tests
+    import triton
+    import triton.language as tl
+
+    _TRITON_IMPORT_ERROR: Optional[BaseException] = None
+except Exception as _exc:  # noqa: BLE001 - any failure means "no triton"
+    triton = None
+    tl = None
+    _TRITON_IMPORT_ERROR = _exc
+
+__all__ = ["fused_residual_mlp", "fused_mlp_available", "MAX_WIDTH"]
+
+# widest layer the kernels take: a [tokens, width] fp32 tile and a [width, width] weight tile live in
+# registers at once
+MAX_WIDTH = 128
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def fused_mlp_available() -> bool:
+    """True when triton imported (the kernels are defined)."""
+    return _TRITON_IMPORT_ERROR is None
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+if _TRITON_IMPORT_ERROR is None:
+    _SQRT_2_OVER_PI = tl.constexpr(0.7978845608028654)
+    _GELU_C = tl.constexpr(0.044715)
+
+    @triton.jit
+    def _tanh_parts(a):
+        """tanh(√(2/π)(a + 0.044715 a³)) for the tanh GELU, as 1 − 2 / (e^{2u} + 1); the exponent is
+        capped at 80 (tanh is 1 in fp32 long before), so nothing overflows."""
+        u = _SQRT_2_OVER_PI * (a + _GELU_C * a * a * a)
+        return 1.0 - 2.0 / (tl.exp(tl.minimum(2.0 * u, 80.0)) + 1.0)
+
+    @triton.jit
+    def _gelu(a):
+        return 0.5 * a * (1.0 + _tanh_parts(a))
+
+    @triton.jit
+    def _gelu_grad(a):
+        t = _tanh_parts(a)
+        return 0.5 * (1.0 + t) + 0.5 * a * (1.0 - t * t) * _SQRT_2_OVER_PI * (1.0 + 3.0 * _GELU_C * a * a)
+
+    @triton.jit
+    def _load_wt(w_ptr, n_out, n_in, BLOCK_IN: tl.constexpr, BLOCK_OUT: tl.constexpr):
+        """Wᵀ as a [BLOCK_IN, BLOCK_OUT] tile of the row-major [n_out, n_in] weight, zero padded."""
+        i = tl.arange(0, BLOCK_IN)[:, None]
+        o = tl.arange(0, BLOCK_OUT)[None, :]
+        return tl.load(w_ptr + o * n_in + i, mask=(i < n_in) & (o < n_out), other=0.0)
+
+    @triton.jit
+    def _load_w(w_ptr, n_out, n_in, BLOCK_OUT: tl.constexpr, BLOCK_IN: tl.constexpr):
+        """W as a [BLOCK_OUT, BLOCK_IN] tile of the row-major [n_out, n_in] weight, zero padded."""
+        o = tl.arange(0, BLOCK_OUT)[:, None]
+        i = tl.arange(0, BLOCK_IN)[None, :]
+        return tl.load(w_ptr + o * n_in + i, mask=(o < n_out) & (i < n_in), other=0.0)
+
+    @triton.jit
+    def _load_b(b_ptr, n, BLOCK: tl.constexpr):
+        c = tl.arange(0, BLOCK)
+        return tl.load(b_ptr + c, mask=c < n, other=0.0).to(tl.float32)[None, :]
+
+    @triton.jit
+    def _linear(h, w_ptr, b_ptr, n_out, n_in, BLOCK_IN: tl.constexpr, BLOCK_OUT: tl.constexpr,
+                DOT_DTYPE: tl.constexpr, DOT_PREC: tl.constexpr):
+        """h [T, BLOCK_IN] fp32 -> h Wᵀ + b, fp32 [T, BLOCK_OUT]; operands rounded to DOT_DTYPE."""
+        wt = _load_wt(w_ptr, n_out, n_in, BLOCK_IN, BLOCK_OUT).to(DOT_DTYPE)
+        return tl.dot(h.to(DOT_DTYPE), wt, input_precision=DOT_PREC) + _load_b(b_ptr, n_out, BLOCK_OUT)
+
+    @triton.jit
+    def _mlp_fwd_kernel(
+        x_ptr, w_in, b_in, w_hid, b_hid, w_out, b_out, y_ptr, s_ptr,
+        T, IN: tl.constexpr, HID: tl.constexpr, OUT: tl.constexpr,
+        L: tl.constexpr, BLOCK_T: tl.constexpr,
+        BLOCK_IN: tl.constexpr, BLOCK_HID: tl.constexpr, BLOCK_OUT: tl.constexpr,
+        IN_RES: tl.constexpr, OUT_RES: tl.constexpr, SAVE: tl.constexpr,
+        DOT_DTYPE: tl.constexpr, DOT_PREC: tl.constexpr,
+    ):
+        rows = (tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)[:, None]
+        rmask = rows < T
+        ci = tl.arange(0, BLOCK_IN)[None, :]
+        ch = tl.arange(0, BLOCK_HID)[None, :]
+        co = tl.arange(0, BLOCK_OUT)[None, :]
+        hmask = rmask & (ch < HID)
+        x = tl.load(x_ptr + rows * IN + ci, mask=rmask & (ci < IN), other=0.0).to(tl.float32)
+        h = _gelu(_linear(x, w_in, b_in, HID, IN, BLOCK_IN, BLOCK_HID, DOT_DTYPE, DOT_PREC))
+        if IN_RES:
+            h += x
+        for layer in tl.static_range(L):
+            if SAVE:
+                tl.store(s_ptr + (layer * T + rows) * HID + ch, h.to(s_ptr.dtype.element_ty), mask=hmask)
+            h += _gelu(_linear(h, w_hid + layer * HID * HID, b_hid + layer * HID, HID, HID,
+                               BLOCK_HID, BLOCK_HID, DOT_DTYPE, DOT_PREC))
+        if SAVE:
+            tl.store(s_ptr + (L * T + rows) * HID + ch, h.to(s_ptr.dtype.element_ty), mask=hmask)
+        y = _linear(h, w_out, b_out, OUT, HID, BLOCK_HID, BLOCK_OUT, DOT_DTYPE, DOT_PREC)
+        if OUT_RES:
+            y += h
+        tl.store(y_ptr + rows * OUT + co, y.to(y_ptr.dtype.element_ty), mask=rmask & (co < OUT))
+
+    @triton.jit
+    def _mlp_bwd_kernel(
+        x_ptr, dy_ptr, s_ptr, w_in, b_in, w_hid, b_hid, w_out, dx_ptr, da_ptr,
+        T, IN: tl.constexpr, HID: tl.constexpr, OUT: tl.constexpr,
+        L: tl.constexpr, BLOCK_T: tl.constexpr,
+        BLOCK_IN: tl.constexpr, BLOCK_HID: tl.constexpr, BLOCK_OUT: tl.constexpr,
+        IN_RES: tl.constexpr, OUT_RES: tl.constexpr,
+        DOT_DTYPE: tl.constexpr, DOT_PREC: tl.constexpr,
+    ):
+        """dx, and da_l = ∂loss/∂(pre-activation) of the input layer (slot 0) and of hidden layer l
+        (slot l + 1), for one tile of tokens."""
+        rows = (tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)[:, None]
+        rmask = rows < T
+        ci = tl.arange(0, BLOCK_IN)[None, :]
+        ch = tl.arange(0, BLOCK_HID)[None, :]
+        co = tl.arange(0, BLOCK_OUT)[None, :]
+        hmask = rmask & (ch < HID)
+        dy = tl.load(dy_ptr + rows * OUT + co, mask=rmask & (co < OUT), other=0.0).to(tl.float32)
+        w = _load_w(w_out, OUT, HID, BLOCK_OUT, BLOCK_HID).to(DOT_DTYPE)
+        dh = tl.dot(dy.to(DOT_DTYPE), w, input_precision=DOT_PREC)  # ∂loss/∂h_L
+        if OUT_RES:
+            dh += dy
+        for step in tl.static_range(L):
+            layer = L - 1 - step
+            h = tl.load(s_ptr + (layer * T + rows) * HID + ch, mask=hmask, other=0.0).to(tl.float32)
+            a = _linear(h, w_hid + layer * HID * HID, b_hid + layer * HID, HID, HID,
+                        BLOCK_HID, BLOCK_HID, DOT_DTYPE, DOT_PREC)
+            da = dh * _gelu_grad(a)
+            tl.store(da_ptr + ((layer + 1) * T + rows) * HID + ch, da.to(da_ptr.dtype.element_ty), mask=hmask)
+            w = _load_w(w_hid + layer * HID * HID, HID, HID, BLOCK_HID, BLOCK_HID).to(DOT_DTYPE)
+            dh += tl.dot(da.to(DOT_DTYPE), w, input_precision=DOT_PREC)
+        x = tl.load(x_ptr + rows * IN + ci, mask=rmask & (ci < IN), other=0.0).to(tl.float32)
+        a = _linear(x, w_in, b_in, HID, IN, BLOCK_IN, BLOCK_HID, DOT_DTYPE, DOT_PREC)
+        da = dh * _gelu_grad(a)
+        tl.store(da_ptr + rows * HID + ch, da.to(da_ptr.dtype.element_ty), mask=hmask)
+        w = _load_w(w_in, HID, IN, BLOCK_HID, BLOCK_IN).to(DOT_DTYPE)
+        dx = tl.dot(da.to(DOT_DTYPE), w, input_precision=DOT_PREC)
+        if IN_RES:
+            dx += dh
+        tl.store(dx_ptr + rows * IN + ci, dx.to(dx_ptr.dtype.element_ty), mask=rmask & (ci < IN))
+
+    @triton.jit
+    def _mlp_wgrad_kernel(
+        a_ptr, b_ptr, dw_ptr, db_ptr, T, chunk, slot0, slots,
+        A_WIDTH: tl.constexpr, B_WIDTH: tl.constexpr,
+        BLOCK_T: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr,
+        DOT_DTYPE: tl.constexpr, DOT_PREC: tl.constexpr,
+    ):
+        """Partial weight and bias gradients of one layer (axis 1) over one chunk of tokens (axis 0):
+        Σ_t aᵀ b and Σ_t a, with a the layer's pre-activation gradients [T, A_WIDTH] and b its input
+        [T, B_WIDTH] (row-major; layer j's at offset j·T·width). Written to slot slot0 + j of the
+        chunk's [slots, BLOCK_A, BLOCK_B] / [slots, BLOCK_A] partials."""
+        pid = tl.program_id(0)
+        j = tl.program_id(1)
+        t0 = pid * chunk
+        t1 = tl.minimum(t0 + chunk, T)
+        a_base = a_ptr + j.to(tl.int64) * T * A_WIDTH
+        b_base = b_ptr + j.to(tl.int64) * T * B_WIDTH
+        ca = tl.arange(0, BLOCK_A)[None, :]
+        cb = tl.arange(0, BLOCK_B)[None, :]
+        acc = tl.zeros([BLOCK_A, BLOCK_B], dtype=tl.float32)
+        bias = tl.zeros([BLOCK_A], dtype=tl.float32)
+        for t in range(t0, t1, BLOCK_T):
+            rows = (t + tl.arange(0, BLOCK_T)).to(tl.int64)[:, None]
+            m = rows < t1
+            a = tl.load(a_base + rows * A_WIDTH + ca, mask=m & (ca < A_WIDTH), other=0.0)
+            b = tl.load(b_base + rows * B_WIDTH + cb, mask=m & (cb < B_WIDTH), other=0.0)
+            acc += tl.dot(tl.trans(a.to(DOT_DTYPE)), b.to(DOT_DTYPE), input_precision=DOT_PREC)
+            bias += tl.sum(a.to(tl.float32), axis=0)
+        slot = pid * slots + slot0 + j
+        ra = tl.arange(0, BLOCK_A)
+        rb = tl.arange(0, BLOCK_B)
+        tl.store(dw_ptr + (slot * BLOCK_A + ra[:, None]) * BLOCK_B + rb[None, :], acc)
+        tl.store(db_ptr + slot * BLOCK_A + ra, bias)
+
+
+def _block(width: int) -> int:
+    return max(16, 1 << max(0, (int(width) - 1).bit_length()))
+
+
+# (tokens per program, warps) of the forward and backward kernels instead of the table (benchmarks)
+TILE_OVERRIDE: Optional[Tuple[int, int]] = None
+
+
+def _tile(hidden: int, interpret: bool) -> Tuple[int, int]:
+    """(tokens per program, warps): a [tokens, width] fp32 tile is ≤ 64 registers per thread."""
+    if interpret:
+        return 32, 4
+    if TILE_OVERRIDE is not None:
+        return TILE_OVERRIDE
+    return (64, 4) if _block(hidden) <= 64 else (32, 4)
+
+
+def _dot_args(dot_dtype: torch.dtype):
+    if dot_dtype == torch.float32:
+        return tl.float32, ("tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee")
+    return (tl.bfloat16 if dot_dtype == torch.bfloat16 else tl.float16), "tf32"
+
+
+def _dims(x, w_in, w_hid, w_out):
+    return x.shape[0], w_in.shape[1], w_in.shape[0], w_out.shape[0], w_hid.shape[0]
+
+
+def _forward(x, w_in, b_in, w_hid, b_hid, w_out, b_out, input_residual, output_residual, dot, save):
+    T, IN, HID, OUT, L = _dims(x, w_in, w_hid, w_out)
+    dot_dtype = _DTYPES[dot]
+    y = torch.empty((T, OUT), device=x.device, dtype=x.dtype)
+    s = torch.empty((L + 1, T, HID) if save else (0,), device=x.device, dtype=dot_dtype)
+    if T == 0:
+        return y, s
+    bt, warps = _tile(HID, _interpreting())
+    dtl, prec = _dot_args(dot_dtype)
+    _mlp_fwd_kernel[(triton.cdiv(T, bt),)](
+        x, w_in, b_in, w_hid, b_hid, w_out, b_out, y, s if save else y,
+        T, IN, HID, OUT,
+        L=L, BLOCK_T=bt, BLOCK_IN=_block(IN), BLOCK_HID=_block(HID), BLOCK_OUT=_block(OUT),
+        IN_RES=input_residual, OUT_RES=output_residual, SAVE=save, DOT_DTYPE=dtl, DOT_PREC=prec,
+        num_warps=warps,
+    )
+    return y, s
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 4
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _backward(dy, x, s, w_in, b_in, w_hid, b_hid, w_out, input_residual, output_residual, dot):
+    """dx; the weight gradients of every layer as one zero-padded [L + 2, A, B] fp32 tensor (input
+    layer, hidden layers, output layer; A = padded max(HID, OUT), B = padded max(IN, HID)) and the
+    bias gradients as [L + 2, A]."""
+    T, IN, HID, OUT, L = _dims(x, w_in, w_hid, w_out)
+    dot_dtype = _DTYPES[dot]
+    ba, bb = max(_block(HID), _block(OUT)), max(_block(IN), _block(HID))
+    f32 = dict(device=x.device, dtype=torch.float32)
+    dx = torch.empty_like(x)
+    if T == 0:
+        return dx, torch.zeros((L + 2, ba, bb), **f32), torch.zeros((L + 2, ba), **f32)
+    dy = dy.contiguous()
+    da = torch.empty((L + 1, T, HID), device=x.device, dtype=dot_dtype)
+    bt, warps = _tile(HID, _interpreting())
+    dtl, prec = _dot_args(dot_dtype)
+    _mlp_bwd_kernel[(triton.cdiv(T, bt),)](
+        x, dy, s, w_in, b_in, w_hid, b_hid, w_out, dx, da,
+        T, IN, HID, OUT,
+        L=L, BLOCK_T=bt, BLOCK_IN=_block(IN), BLOCK_HID=_block(HID), BLOCK_OUT=_block(OUT),
+        IN_RES=input_residual, OUT_RES=output_residual, DOT_DTYPE=dtl, DOT_PREC=prec,
+        num_warps=warps,
+    )
+    # weight gradients: sums over the tokens, split into chunks so that every SM works; the chunks'
+    # partials are summed by torch afterwards (deterministic, no atomics). Three launches: the input
+    # layer, the hidden layers, the output layer (their operands differ in dtype and width).
+    wide = max(ba, bb) > 64
+    wt = 32 if _interpreting() or wide else 64
+    # fp32 operands go through registers (one stage): TF32 tensor cores need the token axis
+    # contiguous in shared memory, and asynchronous copies straight into that transposed layout are
+    # 4-byte, uncoalesced ones (24 µs instead of a few per launch at the Darcy size, H200)
+    stages = 1 if dot_dtype == torch.float32 else 2 if wide else 3
+    tiles = triton.cdiv(T, wt)
+    chunks = max(1, min(tiles, _sm_count(x.device)))
+    chunk = triton.cdiv(tiles, chunks) * wt
+    chunks = triton.cdiv(T, chunk)
+    dwp = torch.empty((chunks, L + 2, ba, bb), **f32)
+    dbp = torch.empty((chunks, L + 2, ba), **f32)
+    for a, b, a_width, b_width, slot0, layers in (
+        (da, x, HID, IN, 0, 1),  # input layer
+        (da[1:], s, HID, HID, 1, L),  # hidden layers
+        (dy, s[L], OUT, HID, L + 1, 1),  # output layer
+    ):
+        if layers:
+            _mlp_wgrad_kernel[(chunks, layers)](
+                a, b, dwp, dbp, T, chunk, slot0, L + 2,
+                A_WIDTH=a_width, B_WIDTH=b_width, BLOCK_T=wt, BLOCK_A=ba, BLOCK_B=bb,
+                DOT_DTYPE=dtl, DOT_PREC=prec, num_warps=4, num_stages=stages,
+            )
+    return dx, dwp.sum(0), dbp.sum(0)
+
+
+@torch.library.custom_op("flare::fused_mlp_fwd", mutates_args=())
+def _mlp_fwd_op(x: torch.Tensor, w_in: torch.Tensor, b_in: torch.Tensor, w_hid: torch.Tensor,
+                b_hid: torch.Tensor, w_out: torch.Tensor, b_out: torch.Tensor, input_residual: bool,
+                output_residual: bool, dot: str, save: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(y [T, OUT] in x's dtype, saved h_0 … h_L [L+1, T, HID] in the dot dtype, or empty)."""
+    return _forward(x, w_in, b_in, w_hid, b_hid, w_out, b_out, input_residual, output_residual, dot, save)
+
+
+@_mlp_fwd_op.register_fake
+def _(x, w_in, b_in, w_hid, b_hid, w_out, b_out, input_residual, output_residual, dot, save):
+    T, _, HID, OUT, L = _dims(x, w_in, w_hid, w_out)
+    return (x.new_empty((T, OUT)),
+            x.new_empty((L + 1, T, HID) if save else (0,), dtype=_DTYPES[dot]))
+
+
+@torch.library.custom_op("flare::fused_mlp_bwd", mutates_args=())
+def _mlp_bwd_op(dy: torch.Tensor, x: torch.Tensor, s: torch.Tensor, w_in: torch.Tensor,
+                b_in: torch.Tensor, w_hid: torch.Tensor, b_hid: torch.Tensor, w_out: torch.Tensor,
+                input_residual: bool, output_residual: bool, dot: str
+                ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx, padded weight gradients [L+2, A, B], padded bias gradients [L+2, A]); see ``_backward``."""
+    return _backward(dy, x, s, w_in, b_in, w_hid, b_hid, w_out, input_residual, output_residual, dot)
+
+
+@_mlp_bwd_op.register_fake
+def _(dy, x, s, w_in, b_in, w_hid, b_hid, w_out, input_residual, output_residual, dot):
+    _, IN, HID, OUT, L = _dims(x, w_in, w_hid, w_out)
+    ba, bb = max(_block(HID), _block(OUT)), max(_block(IN), _block(HID))
+    return (x.new_empty(x.shape), x.new_empty((L + 2, ba, bb), dtype=torch.float32),
+            x.new_empty((L + 2, ba), dtype=torch.float32))
+
+
+def _setup(ctx, inputs, output):
+    x, w_in, b_in, w_hid, b_hid, w_out, b_out, input_residual, output_residual, dot, save = inputs
+    if not save:
+        raise RuntimeError("fused_residual_mlp: the forward ran without saving activations "
+                           "but a gradient was requested")
+    ctx.save_for_backward(x, output[1], w_in, b_in, w_hid, b_hid, w_out)
+    ctx.flags = (input_residual, output_residual, dot)
+    # the saved activations are an output only to be saved: no zero-filled gradient for them
+    # (512 MB of zeros per MLP at 1M points in bf16)
+    ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)
+
+
+def _backward_rule(ctx, dy, _ds):
+    if dy is None:  # the output did not reach the loss
+        return (None,) * 11
+    x, s, w_in, b_in, w_hid, b_hid, w_out = ctx.saved_tensors
+    input_residual, output_residual, dot = ctx.flags
+    dx, dw, db = _mlp_bwd_op(dy, x, s, w_in, b_in, w_hid, b_hid, w_out, input_residual, output_residual, dot)
+    L, HID, IN, OUT = w_hid.shape[0], w_in.shape[0], w_in.shape[1], w_out.shape[0]
+    return (dx, dw[0, :HID, :IN], db[0, :HID], dw[1:L + 1, :HID, :HID], db[1:L + 1, :HID],
+            dw[L + 1, :OUT, :HID], db[L + 1, :OUT], None, None, None, None)
+
+
+_mlp_fwd_op.register_autograd(_backward_rule, setup_context=_setup)
+
+
+def _check(x: torch.Tensor, weights: List[torch.Tensor], L: int) -> None:
+    if not fused_mlp_available():
+        raise RuntimeError(f"the fused MLP needs triton, which failed to import: {_TRITON_IMPORT_ERROR!r}")
+    if x.device.type == "cpu" and not _interpreting():
+        raise RuntimeError("the fused MLP got CPU tensors; run on a CUDA device or set TRITON_INTERPRET=1 "
+                           "before importing flare.ops.fused_mlp (CPU interpreter, slow)")
+    w_in, w_hid, w_out = weights
+    IN, HID, OUT = w_in.shape[1], w_in.shape[0], w_out.shape[0]
+    if x.shape[-1] != IN:
+        raise ValueError(f"the fused MLP expects {IN} input features, got x of shape {tuple(x.shape)}")
+    if max(IN, HID, OUT) > MAX_WIDTH:
+        raise ValueError(f"the fused MLP takes widths up to {MAX_WIDTH}; got in {IN}, hidden {HID}, out {OUT}")
+    if w_hid.shape != (L, HID, HID) or w_out.shape[1] != HID:
+        raise ValueError(f"inconsistent MLP weights: in {tuple(w_in.shape)}, hidden {tuple(w_hid.shape)}, "
+                         f"out {tuple(w_out.shape)}")
+
+
+def fused_residual_mlp(x: torch.Tensor, w_in: torch.Tensor, b_in: torch.Tensor, w_hid: List[torch.Tensor],
+                       b_hid: List[torch.Tensor], w_out: torch.Tensor, b_out: torch.Tensor,
+                       input_residual: bool, output_residual: bool) -> torch.Tensor:
+    """The residual MLP above on ``x [..., IN]`` -> ``[..., OUT]`` in x's dtype.
+
+    Weights are ``nn.Linear`` layout (``[out, in]``); ``w_hid`` / ``b_hid`` the hidden layers' lists.
+    ``input_residual`` needs IN == HID and ``output_residual`` HID == OUT. Under autocast the dots run
+    in the autocast dtype, otherwise in x's dtype. Differentiable in x and every weight and bias.
+    """
+    L = len(w_hid)
+    HID = w_in.shape[0]
+    w_stack = torch.stack(w_hid) if L else w_in.new_empty((0, HID, HID))
+    b_stack = torch.stack(b_hid) if L else b_in.new_empty((0, HID))
+    _check(x, [w_in, w_stack, w_out], L)
+    if input_residual and w_in.shape[1] != HID or output_residual and w_out.shape[0] != HID:
+        raise ValueError("a residual connection needs equal widths on both sides")
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        dot_dtype = torch.get_autocast_dtype(device_type)
+    else:
+        dot_dtype = x.dtype
+    if dot_dtype not in _DTYPES.values():
+        raise ValueError(f"unsupported dtype {dot_dtype} for the fused MLP")
+    dot = str(dot_dtype).removeprefix("torch.")
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1]).contiguous()
+    params = (w_in, b_in, w_stack, b_stack, w_out, b_out)
+    save = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params))
+    params = tuple(p.contiguous() for p in params)
+    y, _ = _mlp_fwd_op(x2, *params, bool(input_residual), bool(output_residual), dot, save)
+    return y.view(*lead, w_out.shape[0])

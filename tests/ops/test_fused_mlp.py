@@ -1,0 +1,186 @@
+"""The fused residual-MLP kernels against the module's torch path (float64).
+
+Without CUDA the kernels run under the Triton interpreter on CPU tensors; the environment variable
+has to be set before triton (and flare.ops.fused_mlp) is first imported.
+"""
+import copy
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+from flare.models import build  # noqa: E402
+from flare.models.layers import ResidualMLP  # noqa: E402
+from flare.ops import fused_mlp as fm  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not fm.fused_mlp_available(), reason="triton is not importable")
+
+ON_GPU = torch.cuda.is_available()
+DEVICE = "cuda" if ON_GPU else "cpu"
+INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
+gpu_only = pytest.mark.skipif(not ON_GPU, reason="needs a CUDA device")
+
+# (in, hidden, out, hidden layers, input residual, output residual, tokens)
+SHAPES = [
+    (3, 32, 1, 2, False, False, 37),
+    (64, 64, 64, 3, True, True, 100),
+    (16, 48, 48, 0, False, True, 65),
+    (20, 20, 5, 1, True, False, 16),
+    (8, 128, 8, 1, False, False, 33),
+]
+
+
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    if ON_GPU:
+        old = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = False
+        yield
+        torch.backends.cuda.matmul.allow_tf32 = old
+    else:
+        yield
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().double().cpu(), b.detach().double().cpu()
+    assert torch.isfinite(a).all(), "non-finite values"
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def make_pair(IN, HID, OUT, L, in_res, out_res, seed):
+    torch.manual_seed(seed)
+    ref = ResidualMLP(IN, HID, OUT, L, in_res, out_res, backend="torch")
+    for p in ref.parameters():  # larger than the model's init: GELU's curvature matters
+        torch.nn.init.normal_(p, std=0.3)
+    fused = copy.deepcopy(ref).to(DEVICE)
+    fused.backend = "triton"
+    return ref.double(), fused
+
+
+def compare(shape, dtype=torch.float32, tol=1e-5, lead=()):
+    IN, HID, OUT, L, in_res, out_res, T = shape
+    ref, fused = make_pair(IN, HID, OUT, L, in_res, out_res, seed=T)
+    g = torch.Generator().manual_seed(T + 1)
+    x = torch.randn(*lead, T, IN, generator=g, dtype=torch.float64)
+    dy = torch.randn(*lead, T, OUT, generator=g, dtype=torch.float64)
+    xr = x.clone().requires_grad_()
+    yr = ref(xr)
+    yr.backward(dy)
+    xf = x.to(DEVICE, dtype).requires_grad_()
+    yf = fused.to(dtype)(xf)
+    yf.backward(dy.to(DEVICE, dtype))
+    assert yf.shape == yr.shape and yf.dtype == dtype
+    errs = {"y": rel_err(yf, yr), "dx": rel_err(xf.grad, xr.grad)}
+    for (name, pr), pf in zip(ref.named_parameters(), fused.parameters()):
+        assert pf.grad is not None and pf.grad.dtype == pf.dtype, name
+        errs[name] = rel_err(pf.grad, pr.grad)
+    assert max(errs.values()) < tol, errs
+    return errs
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "in{}h{}o{}L{}{}{}T{}".format(
+    *s[:4], "r" if s[4] else "", "R" if s[5] else "", s[6]))
+def test_fp32_values_and_grads(shape):
+    compare(shape)
+
+
+def test_leading_dimensions():
+    compare((12, 32, 12, 2, False, True, 29), lead=(3,))
+
+
+def test_fp16():
+    compare((64, 64, 64, 3, True, True, 70), dtype=torch.float16, tol=1e-2)
+
+
+@pytest.mark.skipif(INTERPRETED, reason="the Triton interpreter's tl.dot multiplies bf16 bit patterns; bf16 is tested on GPU")
+def test_bf16_autocast_matches_torch_autocast():
+    """Under autocast both paths run their dots in bf16 with fp32 sums: within bf16 rounding."""
+    ref, fused = make_pair(64, 64, 64, 3, True, True, seed=1)
+    ref = ref.float().to(DEVICE)
+    x = torch.randn(4096, 64, device=DEVICE)
+    with torch.autocast(DEVICE, dtype=torch.bfloat16):
+        yr, yf = ref(x), fused(x)
+    assert yf.dtype == torch.float32
+    assert rel_err(yf, yr) < 1e-2
+    exact = ref.to(torch.float64)(x.double())
+    assert rel_err(yf, exact) < 1e-2
+
+
+def test_no_grad_forward_matches():
+    IN, HID, OUT, L, in_res, out_res, T = SHAPES[1]
+    ref, fused = make_pair(IN, HID, OUT, L, in_res, out_res, seed=3)
+    x = torch.randn(T, IN, dtype=torch.float64)
+    with torch.no_grad():
+        y = fused(x.to(DEVICE, torch.float32))
+    assert rel_err(y, ref(x)) < 1e-5
+
+
+def test_flare_model_same_with_either_backend():
+    """A whole FLARE model: the fused MLPs give the torch path's outputs and parameter gradients."""
+    hp = dict(channel_dim=16, num_blocks=2, num_heads=2, num_latents=8, attn_backend="reference")
+    torch.manual_seed(0)
+    ref = build("flare", 3, 2, **hp, mlp_backend="torch")
+    fused = build("flare", 3, 2, **hp, mlp_backend="triton").to(DEVICE)
+    fused.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 40, 3)
+    ref(x).square().mean().backward()
+    fused(x.to(DEVICE)).square().mean().backward()
+    for (name, pr), pf in zip(ref.named_parameters(), fused.parameters()):
+        assert rel_err(pf.grad, pr.grad) < 1e-4, name
+
+
+def test_auto_backend_choice():
+    mlp = ResidualMLP(8, 16, 8, 1, backend="auto")
+    assert not mlp.uses_fused(torch.zeros(2, 8))  # CPU tensors: torch path
+    if ON_GPU:
+        assert mlp.uses_fused(torch.zeros(2, 8, device="cuda"))
+        assert not ResidualMLP(8, 256, 8, 1, backend="auto").uses_fused(torch.zeros(2, 8, device="cuda"))
+    assert not ResidualMLP(8, 16, 8, -1, backend="triton").uses_fused(torch.zeros(2, 8))
+    with pytest.raises(ValueError, match="unknown MLP backend"):
+        ResidualMLP(8, 16, 8, 1, backend="cuda")
+
+
+def test_bad_inputs_named():
+    _, fused = make_pair(8, 16, 4, 1, False, False, seed=2)
+    with pytest.raises(ValueError, match="8 input features"):
+        fused(torch.randn(5, 7, device=DEVICE))
+    _, wide = make_pair(8, 160, 4, 1, False, False, seed=2)
+    with pytest.raises(ValueError, match="up to 128"):
+        wide(torch.randn(5, 8, device=DEVICE))
+
+
+def test_operator_schema_and_fake_tensors():
+    _, fused = make_pair(12, 16, 4, 2, False, False, seed=5)
+    x = torch.randn(21, 12, device=DEVICE, requires_grad=True)
+    p = [t.detach().clone().requires_grad_() for t in (
+        fused.fc_in.weight, fused.fc_in.bias, torch.stack([m.weight for m in fused.fc_hidden]),
+        torch.stack([m.bias for m in fused.fc_hidden]), fused.fc_out.weight, fused.fc_out.bias)]
+    torch.library.opcheck(torch.ops.flare.fused_mlp_fwd.default, (x, *p, False, False, "float32", True),
+                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+
+
+def test_compiles_without_graph_break():
+    ref, fused = make_pair(16, 16, 16, 2, True, True, seed=6)
+    x = torch.randn(30, 16, device=DEVICE, requires_grad=True)
+    eager = fused(x)
+    eager.sum().backward()
+    g_eager = [p.grad.clone() for p in fused.parameters()]
+    fused.zero_grad()
+    compiled = torch.compile(fused, backend="aot_eager", fullgraph=True)
+    y = compiled(x)
+    y.sum().backward()
+    assert rel_err(y, eager) < 1e-6
+    for a, p in zip(g_eager, fused.parameters()):
+        assert rel_err(p.grad, a) < 1e-6
+
+
+@gpu_only
+def test_large_token_count_tf32():
+    """Many programs, TF32 dots as the paper trains: within TF32 rounding of the float64 result."""
+    torch.backends.cuda.matmul.allow_tf32 = True
+    errs = compare((64, 64, 64, 3, True, True, 200_003), tol=5e-3)
+    assert max(errs.values()) > 0  # TF32 really rounds: the test would notice an exact path

@@ -140,8 +140,15 @@ def test_auto_backend_choice():
         assert mlp.uses_fused(torch.zeros(2, 8, device="cuda"))
         assert not ResidualMLP(8, 256, 8, 1, backend="auto").uses_fused(torch.zeros(2, 8, device="cuda"))
     assert not ResidualMLP(8, 16, 8, -1, backend="triton").uses_fused(torch.zeros(2, 8))
+    assert not ResidualMLP(3, 16, 8, 1, backend="auto").uses_fused(torch.zeros(2, 3, device=DEVICE, dtype=torch.float16))
     with pytest.raises(ValueError, match="unknown MLP backend"):
         ResidualMLP(8, 16, 8, 1, backend="cuda")
+
+
+def test_narrow_input_refused_in_half_precision():
+    _, fused = make_pair(3, 16, 16, 1, False, True, seed=4)
+    with pytest.raises(NotImplementedError, match="in_dim == hidden_dim"):
+        fused.half()(torch.randn(5, 3, device=DEVICE, dtype=torch.float16))
 
 
 def test_bad_inputs_named():
@@ -184,3 +191,11 @@ def test_large_token_count_tf32():
     torch.backends.cuda.matmul.allow_tf32 = True
     errs = compare((64, 64, 64, 3, True, True, 200_003), tol=5e-3)
     assert max(errs.values()) > 0  # TF32 really rounds: the test would notice an exact path
+
+
+def test_split_token_weight_gradients(monkeypatch):
+    """Many tokens: the pre-activation gradients are stored and summed by the split-token kernel
+    (here forced, with chunks of several tiles) instead of per-tile partials; same results."""
+    monkeypatch.setattr(fm, "PARTIALS_MAX_BYTES", 0)
+    compare((64, 64, 64, 3, True, True, 300))
+    compare((3, 32, 1, 2, False, False, 37))

@@ -10,8 +10,8 @@ def gelu_tanh() -> nn.Module:
 
 
 # "torch": nn.Linear and GELU modules; "triton": the fused kernels of flare.ops.fused_mlp (one launch
-# forward, one backward plus the weight-gradient products); "auto": triton on CUDA when it imports
-# and every width is at most FUSED_MAX_WIDTH, else torch.
+# forward, one backward, plus the weight-gradient sums); "auto": triton on CUDA when it imports, every
+# width is at most FUSED_MAX_WIDTH and, for 16-bit dots, the input is as wide as the hidden layers.
 MLP_BACKENDS = ("torch", "triton", "auto")
 FUSED_MAX_WIDTH = 128
 
@@ -61,6 +61,9 @@ class ResidualMLP(nn.Module):
         widths = (self.fc_in.in_features, self.fc_in.out_features, self.fc_out.out_features)
         if not x.is_cuda or max(widths) > FUSED_MAX_WIDTH:
             return False
+        half = x.dtype != torch.float32 or torch.is_autocast_enabled(x.device.type)
+        if half and widths[0] != widths[1]:
+            return False  # not fused in 16-bit: see flare.ops.fused_mlp
         from flare.ops.fused_mlp import fused_mlp_available
 
         return fused_mlp_available()

@@ -135,40 +135,66 @@ if _TRITON_IMPORT_ERROR is None:
         tl.store(y_ptr + rows * OUT + co, y.to(y_ptr.dtype.element_ty), mask=rmask & (co < OUT))
 
     @triton.jit
+    def _partial_wgrad(dw_ptr, db_ptr, slot, a, b, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr,
+                       SLOT_A: tl.constexpr, SLOT_B: tl.constexpr, DOT_DTYPE: tl.constexpr,
+                       DOT_PREC: tl.constexpr):
+        """This tile's aᵀ b [BLOCK_A, BLOCK_B] and Σ_rows a into partial slot ``slot`` ([SLOT_A, SLOT_B])."""
+        acc = tl.dot(tl.trans(a.to(DOT_DTYPE)), b.to(DOT_DTYPE), input_precision=DOT_PREC)
+        ra = tl.arange(0, BLOCK_A)
+        rb = tl.arange(0, BLOCK_B)
+        tl.store(dw_ptr + (slot * SLOT_A + ra[:, None]) * SLOT_B + rb[None, :], acc)
+        tl.store(db_ptr + slot * SLOT_A + ra, tl.sum(a, axis=0))
+
+    @triton.jit
     def _mlp_bwd_kernel(
-        x_ptr, dy_ptr, s_ptr, w_in, b_in, w_hid, b_hid, w_out, dx_ptr, da_ptr,
+        x_ptr, dy_ptr, s_ptr, w_in, b_in, w_hid, b_hid, w_out, dx_ptr, da_ptr, dw_ptr, db_ptr,
         T, IN: tl.constexpr, HID: tl.constexpr, OUT: tl.constexpr,
         L: tl.constexpr, BLOCK_T: tl.constexpr,
         BLOCK_IN: tl.constexpr, BLOCK_HID: tl.constexpr, BLOCK_OUT: tl.constexpr,
-        IN_RES: tl.constexpr, OUT_RES: tl.constexpr,
+        IN_RES: tl.constexpr, OUT_RES: tl.constexpr, PARTIALS: tl.constexpr,
+        SLOT_A: tl.constexpr, SLOT_B: tl.constexpr,
         DOT_DTYPE: tl.constexpr, DOT_PREC: tl.constexpr,
     ):
-        """dx, and da_l = ∂loss/∂(pre-activation) of the input layer (slot 0) and of hidden layer l
-        (slot l + 1), for one tile of tokens."""
-        rows = (tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)[:, None]
+        """dx for one tile of tokens, and either da_l = ∂loss/∂(pre-activation) of the input layer
+        (slot 0) and of hidden layer l (slot l + 1), or (PARTIALS) this tile's share of every weight
+        and bias gradient, in partial slots pid·(L+2) + (0 input, 1 + l hidden, L + 1 output)."""
+        pid = tl.program_id(0)
+        rows = (pid * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)[:, None]
         rmask = rows < T
         ci = tl.arange(0, BLOCK_IN)[None, :]
         ch = tl.arange(0, BLOCK_HID)[None, :]
         co = tl.arange(0, BLOCK_OUT)[None, :]
         hmask = rmask & (ch < HID)
+        slot = pid * (L + 2)
         dy = tl.load(dy_ptr + rows * OUT + co, mask=rmask & (co < OUT), other=0.0).to(tl.float32)
+        if PARTIALS:
+            h = tl.load(s_ptr + (L * T + rows) * HID + ch, mask=hmask, other=0.0)
+            _partial_wgrad(dw_ptr, db_ptr, slot + L + 1, dy, h, BLOCK_OUT, BLOCK_HID, SLOT_A, SLOT_B,
+                           DOT_DTYPE, DOT_PREC)
         w = _load_w(w_out, OUT, HID, BLOCK_OUT, BLOCK_HID).to(DOT_DTYPE)
         dh = tl.dot(dy.to(DOT_DTYPE), w, input_precision=DOT_PREC)  # ∂loss/∂h_L
         if OUT_RES:
             dh += dy
         for step in tl.static_range(L):
             layer = L - 1 - step
-            h = tl.load(s_ptr + (layer * T + rows) * HID + ch, mask=hmask, other=0.0).to(tl.float32)
-            a = _linear(h, w_hid + layer * HID * HID, b_hid + layer * HID, HID, HID,
+            h = tl.load(s_ptr + (layer * T + rows) * HID + ch, mask=hmask, other=0.0)
+            a = _linear(h.to(tl.float32), w_hid + layer * HID * HID, b_hid + layer * HID, HID, HID,
                         BLOCK_HID, BLOCK_HID, DOT_DTYPE, DOT_PREC)
             da = dh * _gelu_grad(a)
-            tl.store(da_ptr + ((layer + 1) * T + rows) * HID + ch, da.to(da_ptr.dtype.element_ty), mask=hmask)
+            if PARTIALS:
+                _partial_wgrad(dw_ptr, db_ptr, slot + 1 + layer, da, h, BLOCK_HID, BLOCK_HID, SLOT_A, SLOT_B,
+                               DOT_DTYPE, DOT_PREC)
+            else:
+                tl.store(da_ptr + ((layer + 1) * T + rows) * HID + ch, da.to(da_ptr.dtype.element_ty), mask=hmask)
             w = _load_w(w_hid + layer * HID * HID, HID, HID, BLOCK_HID, BLOCK_HID).to(DOT_DTYPE)
             dh += tl.dot(da.to(DOT_DTYPE), w, input_precision=DOT_PREC)
         x = tl.load(x_ptr + rows * IN + ci, mask=rmask & (ci < IN), other=0.0).to(tl.float32)
         a = _linear(x, w_in, b_in, HID, IN, BLOCK_IN, BLOCK_HID, DOT_DTYPE, DOT_PREC)
         da = dh * _gelu_grad(a)
-        tl.store(da_ptr + rows * HID + ch, da.to(da_ptr.dtype.element_ty), mask=hmask)
+        if PARTIALS:
+            _partial_wgrad(dw_ptr, db_ptr, slot, da, x, BLOCK_HID, BLOCK_IN, SLOT_A, SLOT_B, DOT_DTYPE, DOT_PREC)
+        else:
+            tl.store(da_ptr + rows * HID + ch, da.to(da_ptr.dtype.element_ty), mask=hmask)
         w = _load_w(w_in, HID, IN, BLOCK_HID, BLOCK_IN).to(DOT_DTYPE)
         dx = tl.dot(da.to(DOT_DTYPE), w, input_precision=DOT_PREC)
         if IN_RES:
@@ -214,6 +240,9 @@ def _block(width: int) -> int:
     return max(16, 1 << max(0, (int(width) - 1).bit_length()))
 
 
+# Below this size of per-tile weight-gradient partials (fp32) the backward kernel writes them itself;
+# above it (many tokens) a separate split-token kernel sums the stored pre-activation gradients.
+PARTIALS_MAX_BYTES = 32 << 20
 # (tokens per program, warps) of the forward and backward kernels instead of the table (benchmarks)
 TILE_OVERRIDE: Optional[Tuple[int, int]] = None
 
@@ -274,27 +303,37 @@ def _backward(dy, x, s, w_in, b_in, w_hid, b_hid, w_out, input_residual, output_
     if T == 0:
         return dx, torch.zeros((L + 2, ba, bb), **f32), torch.zeros((L + 2, ba), **f32)
     dy = dy.contiguous()
-    da = torch.empty((L + 1, T, HID), device=x.device, dtype=dot_dtype)
     bt, warps = _tile(HID, _interpreting())
     dtl, prec = _dot_args(dot_dtype)
-    _mlp_bwd_kernel[(triton.cdiv(T, bt),)](
-        x, dy, s, w_in, b_in, w_hid, b_hid, w_out, dx, da,
-        T, IN, HID, OUT,
-        L=L, BLOCK_T=bt, BLOCK_IN=_block(IN), BLOCK_HID=_block(HID), BLOCK_OUT=_block(OUT),
-        IN_RES=input_residual, OUT_RES=output_residual, DOT_DTYPE=dtl, DOT_PREC=prec,
-        num_warps=warps,
-    )
+    tiles = triton.cdiv(T, bt)
+    common = dict(L=L, BLOCK_T=bt, BLOCK_IN=_block(IN), BLOCK_HID=_block(HID), BLOCK_OUT=_block(OUT),
+                  IN_RES=input_residual, OUT_RES=output_residual, SLOT_A=ba, SLOT_B=bb,
+                  DOT_DTYPE=dtl, DOT_PREC=prec, num_warps=warps)
+    if tiles * (L + 2) * ba * bb * 4 <= PARTIALS_MAX_BYTES:
+        # few tokens: every program adds its tile's share of the weight gradients to its own slot
+        # (one launch instead of four, no pre-activation gradients written)
+        dwp = torch.empty((tiles, L + 2, ba, bb), **f32)
+        dbp = torch.empty((tiles, L + 2, ba), **f32)
+        _mlp_bwd_kernel[(tiles,)](x, dy, s, w_in, b_in, w_hid, b_hid, w_out, dx, dx, dwp, dbp,
+                                  T, IN, HID, OUT, PARTIALS=True, **common)
+        return dx, dwp.sum(0), dbp.sum(0)
+    da = torch.empty((L + 1, T, HID), device=x.device, dtype=dot_dtype)
+    _mlp_bwd_kernel[(tiles,)](x, dy, s, w_in, b_in, w_hid, b_hid, w_out, dx, da, dx, dx,
+                              T, IN, HID, OUT, PARTIALS=False, **common)
     # weight gradients: sums over the tokens, split into chunks so that every SM works; the chunks'
     # partials are summed by torch afterwards (deterministic, no atomics). Three launches: the input
     # layer, the hidden layers, the output layer (their operands differ in dtype and width).
     wide = max(ba, bb) > 64
     wt = 32 if _interpreting() or wide else 64
-    # fp32 operands go through registers (one stage): TF32 tensor cores need the token axis
-    # contiguous in shared memory, and asynchronous copies straight into that transposed layout are
-    # 4-byte, uncoalesced ones (24 µs instead of a few per launch at the Darcy size, H200)
-    stages = 1 if dot_dtype == torch.float32 else 2 if wide else 3
+    # One stage, i.e. no asynchronous copies: (1) fp32 operands must go through registers, since TF32
+    # tensor cores need the token axis contiguous in shared memory and asynchronous copies straight
+    # into that transposed layout are 4-byte, uncoalesced ones (24 µs instead of a few per launch at
+    # the Darcy size, H200); (2) masked-out lanes of pipelined copies still touched memory past the
+    # end of a narrow operand (a [T, 3] input at T ≈ 1M, bf16: illegal address, H100, triton 3.6),
+    # while plain masked loads do not. Two programs per SM hide the load latency instead.
+    stages = 1
     tiles = triton.cdiv(T, wt)
-    chunks = max(1, min(tiles, _sm_count(x.device)))
+    chunks = max(1, min(tiles, 2 * _sm_count(x.device)))
     chunk = triton.cdiv(tiles, chunks) * wt
     chunks = triton.cdiv(T, chunk)
     dwp = torch.empty((chunks, L + 2, ba, bb), **f32)
@@ -413,6 +452,13 @@ def fused_residual_mlp(x: torch.Tensor, w_in: torch.Tensor, b_in: torch.Tensor, 
     if dot_dtype not in _DTYPES.values():
         raise ValueError(f"unsupported dtype {dot_dtype} for the fused MLP")
     dot = str(dot_dtype).removeprefix("torch.")
+    if dot_dtype != torch.float32 and w_in.shape[1] != HID:
+        # an input layer narrower than the hidden one (a model's first projection) made the 16-bit
+        # backward kernel access memory out of bounds at ~1M tokens (H100, triton 3.6), also with the
+        # input zero-padded to the tile width; fp32 and in == hidden were correct at every size tried
+        raise NotImplementedError(
+            f"the fused MLP in {dot} needs in_dim == hidden_dim (got {w_in.shape[1]} and {HID}); "
+            "use the torch backend for this layer (mlp backend 'auto' does)")
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1]).contiguous()
     params = (w_in, b_in, w_stack, b_stack, w_out, b_out)

@@ -1,28 +1,17 @@
-"""The fused residual-MLP kernels against the module's torch path (float64).
-
-Without CUDA the kernels run under the Triton interpreter on CPU tensors; the environment variable
-has to be set before triton (and flare.ops.fused_mlp) is first imported.
-"""
+"""The fused residual-MLP kernels against the module's torch path (float64); on the CPU under the
+Triton interpreter (see tests/ops/kernels.py)."""
 import copy
-import os
 
+import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+from flare.models import build
+from flare.models.layers import ResidualMLP
+from flare.ops import fused_mlp as fm
+from tests.ops.kernels import DEVICE, INTERPRETED, ON_GPU, gpu_only, no_tf32, rel_err  # noqa: F401 (fixture)
 
-import pytest  # noqa: E402
-
-from flare.models import build  # noqa: E402
-from flare.models.layers import ResidualMLP  # noqa: E402
-from flare.ops import fused_mlp as fm  # noqa: E402
-
-pytestmark = pytest.mark.skipif(not fm.fused_mlp_available(), reason="triton is not importable")
-
-ON_GPU = torch.cuda.is_available()
-DEVICE = "cuda" if ON_GPU else "cpu"
-INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
-gpu_only = pytest.mark.skipif(not ON_GPU, reason="needs a CUDA device")
+pytestmark = [pytest.mark.skipif(not fm.fused_mlp_available(), reason="triton is not importable"),
+              pytest.mark.usefixtures("no_tf32")]
 
 # (in, hidden, out, hidden layers, input residual, output residual, tokens)
 SHAPES = [
@@ -32,23 +21,6 @@ SHAPES = [
     (20, 20, 5, 1, True, False, 16),
     (8, 128, 8, 1, False, False, 33),
 ]
-
-
-@pytest.fixture(autouse=True)
-def _no_tf32():
-    if ON_GPU:
-        old = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = False
-        yield
-        torch.backends.cuda.matmul.allow_tf32 = old
-    else:
-        yield
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach().double().cpu(), b.detach().double().cpu()
-    assert torch.isfinite(a).all(), "non-finite values"
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 def make_pair(IN, HID, OUT, L, in_res, out_res, seed):

@@ -1,26 +1,14 @@
-"""Correctness of the fused Triton FLARE mixer against the explicit float64 reference.
-
-Without CUDA the kernels run under the Triton interpreter on CPU tensors; the environment
-variable has to be set before triton (and flare.ops.triton_mixer) is first imported.
-"""
-import os
-
+"""Correctness of the fused Triton FLARE mixer against the explicit float64 reference; on the CPU
+under the Triton interpreter (see tests/ops/kernels.py)."""
+import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+from flare.ops.reference import flare_mixer_explicit
+from flare.ops import triton_mixer as tm
+from tests.ops.kernels import DEVICE, INTERPRETED, gpu_only, no_tf32, rel_err  # noqa: F401 (fixture)
 
-import pytest  # noqa: E402
-
-from flare.ops.reference import flare_mixer_explicit  # noqa: E402
-from flare.ops import triton_mixer as tm  # noqa: E402
-
-pytestmark = pytest.mark.skipif(not tm.triton_available(), reason="triton is not importable")
-
-ON_GPU = torch.cuda.is_available()
-DEVICE = "cuda" if ON_GPU else "cpu"
-INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
-gpu_only = pytest.mark.skipif(not ON_GPU, reason="needs a CUDA device")
+pytestmark = [pytest.mark.skipif(not tm.triton_available(), reason="triton is not importable"),
+              pytest.mark.usefixtures("no_tf32")]
 
 # (B, H, M, N, D, q shared over the batch)
 SHAPES = [
@@ -30,13 +18,6 @@ SHAPES = [
     (2, 1, 16, 129, 32, False),
     (1, 1, 17, 50, 64, True),
 ]
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a = a.detach().double()
-    b = b.detach().double()
-    assert torch.isfinite(a).all(), "non-finite values"
-    return ((a - b).norm() / b.norm()).item()
 
 
 def make_inputs(B, H, M, N, D, shared_q, dtype, seed, device=DEVICE):
@@ -72,17 +53,6 @@ def check(q, k, v, dy, tol, **kw):
         errs["d" + name] = rel_err(g, gr)
     assert max(errs.values()) < tol, errs
     return y, grads
-
-
-@pytest.fixture(autouse=True)
-def _no_tf32():
-    if ON_GPU:
-        old = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = False
-        yield
-        torch.backends.cuda.matmul.allow_tf32 = old
-    else:
-        yield
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}H{}M{}N{}D{}{}".format(*s[:5], "q3" if s[5] else "q4"))

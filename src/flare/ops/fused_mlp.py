@@ -25,20 +25,14 @@ on CPU tensors under ``TRITON_INTERPRET=1`` (set before the first import).
 """
 from __future__ import annotations
 
-import os
 from typing import List, Optional, Tuple
 
 import torch
 
-try:  # pragma: no cover - exercised by whichever environment runs the tests
-    import triton
-    import triton.language as tl
-
-    _TRITON_IMPORT_ERROR: Optional[BaseException] = None
-except Exception as _exc:  # noqa: BLE001 - any failure means "no triton"
-    triton = None
-    tl = None
-    _TRITON_IMPORT_ERROR = _exc
+from flare.ops._triton import IMPORT_ERROR as _TRITON_IMPORT_ERROR
+from flare.ops._triton import interpreting as _interpreting
+from flare.ops._triton import sm_count as _sm_count
+from flare.ops._triton import tl, triton
 
 __all__ = ["fused_residual_mlp", "fused_mlp_available", "MAX_WIDTH"]
 
@@ -52,9 +46,6 @@ def fused_mlp_available() -> bool:
     """True when triton imported (the kernels are defined)."""
     return _TRITON_IMPORT_ERROR is None
 
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 if _TRITON_IMPORT_ERROR is None:
@@ -283,12 +274,6 @@ def _forward(x, w_in, b_in, w_hid, b_hid, w_out, b_out, input_residual, output_r
         num_warps=warps,
     )
     return y, s
-
-
-def _sm_count(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 4
-    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def _backward(dy, x, s, w_in, b_in, w_hid, b_hid, w_out, input_residual, output_residual, dot):

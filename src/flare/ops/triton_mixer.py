@@ -42,21 +42,15 @@ variable ``TRITON_INTERPRET=1`` (CPU interpreter) must be set before the first i
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import torch
 
-try:  # pragma: no cover - exercised by whichever environment runs the tests
-    import triton
-    import triton.language as tl
-
-    _TRITON_IMPORT_ERROR: Optional[BaseException] = None
-except Exception as _exc:  # noqa: BLE001 - any failure means "no triton"
-    triton = None
-    tl = None
-    _TRITON_IMPORT_ERROR = _exc
+from flare.ops._triton import IMPORT_ERROR as _TRITON_IMPORT_ERROR
+from flare.ops._triton import interpreting as _interpreting
+from flare.ops._triton import sm_count as _sm_count
+from flare.ops._triton import tl, triton
 
 __all__ = ["flare_mixer_triton", "flare_mixer_triton_impl", "triton_available", "MixerConfig", "KernelCfg", "default_config"]
 
@@ -65,9 +59,6 @@ def triton_available() -> bool:
     """True when triton imported and its kernels were defined."""
     return _TRITON_IMPORT_ERROR is None
 
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 # --------------------------------------------------------------------------------------------
@@ -597,18 +588,8 @@ def default_config(M: int, D: int, N: int, dtype: torch.dtype, interpret: bool =
     return MixerConfig(gather=gather, scatter=scatter, bwd_scatter=bwd_scatter, bwd_main=bwd_main)
 
 
-_SM_COUNT: dict = {}
 # last compiled kernel handle per stage (register / spill report for the benchmark script)
 LAST_LAUNCH: dict = {}
-
-
-def _sm_count(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 4
-    idx = device.index if device.index is not None else torch.cuda.current_device()
-    if idx not in _SM_COUNT:
-        _SM_COUNT[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
-    return _SM_COUNT[idx]
 
 
 def _split_n(N: int, block_n: int, want: int) -> Tuple[int, int]:

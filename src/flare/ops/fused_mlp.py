@@ -11,9 +11,12 @@ through memory. Here each program takes a tile of tokens through the whole chain
 
 GELU is the tanh approximation, as in the model. The forward saves ``h_0 … h_L`` (the inputs of the
 hidden and output layers, in the dot dtype); the backward kernel recomputes each pre-activation from
-them with one small dot, runs the chain of input gradients in registers and writes the gradients of
-the pre-activations, from which the weight gradients are one batched matrix product over the tokens
-(cuBLAS, deterministic) and the bias gradients one sum.
+them with one small dot and runs the chain of input gradients in registers. The weight and bias
+gradients are sums over the tokens: with few tokens every backward program writes its tile's share
+into its own partial slot; with many, the backward writes the pre-activation gradients and a
+split-token kernel sums them per chunk of tokens. Either way torch sums the partials afterwards
+(deterministic, no atomics). See benchmarks/NOTES-mlp.md for measurements and a known fault (16-bit
+dots with an input narrower than the hidden layers are refused).
 
 Dots run in ``dot_dtype`` (float32 — with TF32 when torch allows it, as ``nn.Linear`` does —
 bfloat16 or float16 under autocast) with fp32 accumulation; the residual stream stays fp32 in

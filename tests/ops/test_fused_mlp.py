@@ -33,21 +33,32 @@ def make_pair(IN, HID, OUT, L, in_res, out_res, seed):
     return ref.double(), fused
 
 
-def compare(shape, dtype=torch.float32, tol=1e-5, lead=()):
+def compare(shape, dtype=torch.float32, tol=1e-5, lead=(), norm=False):
+    """Values and every gradient of the fused MLP against the torch path in float64; ``norm``: with a
+    LayerNorm in front (inside the fused kernels)."""
     IN, HID, OUT, L, in_res, out_res, T = shape
     ref, fused = make_pair(IN, HID, OUT, L, in_res, out_res, seed=T)
+    ln_ref = ln_fused = None
+    if norm:
+        ln_ref = torch.nn.LayerNorm(IN, dtype=torch.float64)
+        torch.nn.init.normal_(ln_ref.weight, 1.0, 0.3)
+        torch.nn.init.normal_(ln_ref.bias, 0.0, 0.3)
+        ln_fused = copy.deepcopy(ln_ref).to(DEVICE, dtype)
     g = torch.Generator().manual_seed(T + 1)
-    x = torch.randn(*lead, T, IN, generator=g, dtype=torch.float64)
+    x = 2.0 * torch.randn(*lead, T, IN, generator=g, dtype=torch.float64) + 0.5
     dy = torch.randn(*lead, T, OUT, generator=g, dtype=torch.float64)
     xr = x.clone().requires_grad_()
-    yr = ref(xr)
+    yr = ref(xr, norm=ln_ref)
     yr.backward(dy)
     xf = x.to(DEVICE, dtype).requires_grad_()
-    yf = fused.to(dtype)(xf)
+    yf = fused.to(dtype)(xf, norm=ln_fused)
     yf.backward(dy.to(DEVICE, dtype))
     assert yf.shape == yr.shape and yf.dtype == dtype
     errs = {"y": rel_err(yf, yr), "dx": rel_err(xf.grad, xr.grad)}
-    for (name, pr), pf in zip(ref.named_parameters(), fused.parameters()):
+    pairs = list(zip(ref.named_parameters(), fused.parameters()))
+    if norm:
+        pairs += list(zip(ln_ref.named_parameters(prefix="norm"), ln_fused.parameters()))
+    for (name, pr), pf in pairs:
         assert pf.grad is not None and pf.grad.dtype == pf.dtype, name
         errs[name] = rel_err(pf.grad, pr.grad)
     assert max(errs.values()) < tol, errs
@@ -58,6 +69,18 @@ def compare(shape, dtype=torch.float32, tol=1e-5, lead=()):
     *s[:4], "r" if s[4] else "", "R" if s[5] else "", s[6]))
 def test_fp32_values_and_grads(shape):
     compare(shape)
+
+
+@pytest.mark.parametrize("shape", [(64, 64, 64, 3, True, True, 100), (24, 32, 1, 2, False, False, 37)],
+                         ids=["block", "narrow"])
+def test_layer_norm_inside_the_kernels(shape):
+    """LayerNorm(x) computed in the kernels: values and the gradients of x, the MLP and the norm."""
+    compare(shape, norm=True)
+
+
+def test_layer_norm_split_token_path(monkeypatch):
+    monkeypatch.setattr(fm, "PARTIALS_MAX_BYTES", 0)
+    compare((64, 64, 64, 3, True, True, 300), norm=True)
 
 
 def test_leading_dimensions():
@@ -138,7 +161,10 @@ def test_operator_schema_and_fake_tensors():
     p = [t.detach().clone().requires_grad_() for t in (
         fused.fc_in.weight, fused.fc_in.bias, torch.stack([m.weight for m in fused.fc_hidden]),
         torch.stack([m.bias for m in fused.fc_hidden]), fused.fc_out.weight, fused.fc_out.bias)]
-    torch.library.opcheck(torch.ops.flare.fused_mlp_fwd.default, (x, *p, False, False, "float32", True),
+    torch.library.opcheck(torch.ops.flare.fused_mlp_fwd.default, (x, *p, None, None, 0.0, False, False, "float32", True),
+                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+    ln = [torch.randn(12, device=DEVICE, requires_grad=True) for _ in range(2)]
+    torch.library.opcheck(torch.ops.flare.fused_mlp_fwd.default, (x, *p, *ln, 1e-5, False, False, "float32", True),
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
 
 

@@ -6,6 +6,7 @@ the tokens (softmax over N), then the tokens read back from the latents (softmax
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.utils.checkpoint
@@ -64,10 +65,11 @@ class FLAREMixer(nn.Module):
         """Latent queries ``[H, M, D]``."""
         return self.latent_queries.view(self.num_heads, self.head_dim, self.num_latents).transpose(1, 2)
 
-    def forward(self, u: torch.Tensor) -> torch.Tensor:
+    def forward(self, u: torch.Tensor, norm: Optional[nn.LayerNorm] = None) -> torch.Tensor:
+        """``u [B, N, C]``; ``norm`` is applied to u first (inside the fused MLP kernels when they run)."""
         B, N, C = u.shape
-        k = self.key_proj(u).view(B, N, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, N, D]
-        v = self.value_proj(u).view(B, N, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.key_proj(u, norm=norm).view(B, N, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, N, D]
+        v = self.value_proj(u, norm=norm).view(B, N, self.num_heads, self.head_dim).transpose(1, 2)
         q = self.queries().to(k.dtype)
         y = flare_mixer(q, k, v, backend=self.backend)  # [B, H, N, D]
         return self.out(y.transpose(1, 2).reshape(B, N, C))
@@ -86,8 +88,8 @@ class FLAREBlock(nn.Module):
                                backend=cfg.mlp_backend)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.mixer(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        x = x + self.mixer(x, norm=self.norm1)
+        return x + self.mlp(x, norm=self.norm2)
 
 
 class FLARE(nn.Module):
@@ -128,4 +130,6 @@ class FLARE(nn.Module):
         return run(self._head, h)
 
     def _head(self, h: torch.Tensor) -> torch.Tensor:
-        return self.out_proj(self.out_norm(h))
+        if isinstance(self.out_norm, nn.LayerNorm):
+            return self.out_proj(h, norm=self.out_norm)
+        return self.out_proj(h)

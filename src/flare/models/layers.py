@@ -1,6 +1,8 @@
 """Building blocks shared by the models."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 
@@ -68,16 +70,22 @@ class ResidualMLP(nn.Module):
 
         return fused_mlp_available()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, norm: Optional[nn.LayerNorm] = None) -> torch.Tensor:
+        """``self(norm(x))``; the fused backend computes the norm (a LayerNorm over the input features
+        with weight and bias) inside its kernels."""
+        fused = self.uses_fused(x)
+        if norm is not None and not (fused and _fusable_norm(norm, x.shape[-1])):
+            x, norm = norm(x), None
         if self.single_linear:
             return self.fc_out(x)
-        if self.uses_fused(x):
+        if fused:
             from flare.ops.fused_mlp import fused_residual_mlp
 
             return fused_residual_mlp(
                 x, self.fc_in.weight, self.fc_in.bias, [m.weight for m in self.fc_hidden],
                 [m.bias for m in self.fc_hidden], self.fc_out.weight, self.fc_out.bias,
                 self.input_residual, self.output_residual,
+                norm=None if norm is None else (norm.weight, norm.bias, norm.eps),
             )
         h = self.act(self.fc_in(x))
         if self.input_residual:
@@ -88,6 +96,11 @@ class ResidualMLP(nn.Module):
         if self.output_residual:
             y = y + h
         return y
+
+
+def _fusable_norm(norm: nn.Module, width: int) -> bool:
+    return (isinstance(norm, nn.LayerNorm) and norm.elementwise_affine and norm.bias is not None
+            and tuple(norm.normalized_shape) == (width,))
 
 
 def init_linear_and_norm(module: nn.Module, std: float = 0.02) -> None:

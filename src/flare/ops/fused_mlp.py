@@ -98,12 +98,24 @@ if _TRITON_IMPORT_ERROR is None:
         return tl.dot(h.to(DOT_DTYPE), wt, input_precision=DOT_PREC) + _load_b(b_ptr, n_out, BLOCK_OUT)
 
     @triton.jit
+    def _layer_norm(x, ln_w, ln_b, eps, IN: tl.constexpr, BLOCK_IN: tl.constexpr):
+        """Rows of x [T, BLOCK_IN] (zero beyond IN) -> (LayerNorm(x), x̂, 1/σ, weight), zero beyond IN."""
+        ci = tl.arange(0, BLOCK_IN)
+        mean = tl.sum(x, 1) / IN
+        xc = tl.where(ci[None, :] < IN, x - mean[:, None], 0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, 1) / IN + eps)
+        xhat = xc * rstd[:, None]
+        g = tl.load(ln_w + ci, mask=ci < IN, other=0.0).to(tl.float32)[None, :]
+        b = tl.load(ln_b + ci, mask=ci < IN, other=0.0).to(tl.float32)[None, :]
+        return xhat * g + b, xhat, rstd, g
+
+    @triton.jit
     def _mlp_fwd_kernel(
-        x_ptr, w_in, b_in, w_hid, b_hid, w_out, b_out, y_ptr, s_ptr,
+        x_ptr, w_in, b_in, w_hid, b_hid, w_out, b_out, y_ptr, s_ptr, ln_w, ln_b, eps,
         T, IN: tl.constexpr, HID: tl.constexpr, OUT: tl.constexpr,
         L: tl.constexpr, BLOCK_T: tl.constexpr,
         BLOCK_IN: tl.constexpr, BLOCK_HID: tl.constexpr, BLOCK_OUT: tl.constexpr,
-        IN_RES: tl.constexpr, OUT_RES: tl.constexpr, SAVE: tl.constexpr,
+        IN_RES: tl.constexpr, OUT_RES: tl.constexpr, SAVE: tl.constexpr, NORM: tl.constexpr,
         DOT_DTYPE: tl.constexpr, DOT_PREC: tl.constexpr,
     ):
         rows = (tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)[:, None]
@@ -113,6 +125,8 @@ if _TRITON_IMPORT_ERROR is None:
         co = tl.arange(0, BLOCK_OUT)[None, :]
         hmask = rmask & (ch < HID)
         x = tl.load(x_ptr + rows * IN + ci, mask=rmask & (ci < IN), other=0.0).to(tl.float32)
+        if NORM:
+            x, _, _, _ = _layer_norm(x, ln_w, ln_b, eps, IN, BLOCK_IN)
         h = _gelu(_linear(x, w_in, b_in, HID, IN, BLOCK_IN, BLOCK_HID, DOT_DTYPE, DOT_PREC))
         if IN_RES:
             h += x
@@ -142,16 +156,19 @@ if _TRITON_IMPORT_ERROR is None:
     @triton.jit
     def _mlp_bwd_kernel(
         x_ptr, dy_ptr, s_ptr, w_in, b_in, w_hid, b_hid, w_out, dx_ptr, da_ptr, dw_ptr, db_ptr,
+        ln_w, ln_b, eps, xn_ptr, lnp_ptr,
         T, IN: tl.constexpr, HID: tl.constexpr, OUT: tl.constexpr,
         L: tl.constexpr, BLOCK_T: tl.constexpr,
         BLOCK_IN: tl.constexpr, BLOCK_HID: tl.constexpr, BLOCK_OUT: tl.constexpr,
-        IN_RES: tl.constexpr, OUT_RES: tl.constexpr, PARTIALS: tl.constexpr,
+        IN_RES: tl.constexpr, OUT_RES: tl.constexpr, PARTIALS: tl.constexpr, NORM: tl.constexpr,
         SLOT_A: tl.constexpr, SLOT_B: tl.constexpr,
         DOT_DTYPE: tl.constexpr, DOT_PREC: tl.constexpr,
     ):
         """dx for one tile of tokens, and either da_l = ∂loss/∂(pre-activation) of the input layer
         (slot 0) and of hidden layer l (slot l + 1), or (PARTIALS) this tile's share of every weight
-        and bias gradient, in partial slots pid·(L+2) + (0 input, 1 + l hidden, L + 1 output)."""
+        and bias gradient, in partial slots pid·(L+2) + (0 input, 1 + l hidden, L + 1 output).
+        NORM: the input is LayerNorm(x) computed here; dx is through the norm, the tile's shares of
+        the norm's weight and bias gradients go to lnp[pid] and (not PARTIALS) LayerNorm(x) to xn."""
         pid = tl.program_id(0)
         rows = (pid * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)[:, None]
         rmask = rows < T
@@ -182,7 +199,12 @@ if _TRITON_IMPORT_ERROR is None:
                 tl.store(da_ptr + ((layer + 1) * T + rows) * HID + ch, da.to(da_ptr.dtype.element_ty), mask=hmask)
             w = _load_w(w_hid + layer * HID * HID, HID, HID, BLOCK_HID, BLOCK_HID).to(DOT_DTYPE)
             dh += tl.dot(da.to(DOT_DTYPE), w, input_precision=DOT_PREC)
-        x = tl.load(x_ptr + rows * IN + ci, mask=rmask & (ci < IN), other=0.0).to(tl.float32)
+        xmask = rmask & (ci < IN)
+        x = tl.load(x_ptr + rows * IN + ci, mask=xmask, other=0.0).to(tl.float32)
+        if NORM:
+            x, xhat, rstd, g = _layer_norm(x, ln_w, ln_b, eps, IN, BLOCK_IN)
+            if not PARTIALS:
+                tl.store(xn_ptr + rows * IN + ci, x.to(xn_ptr.dtype.element_ty), mask=xmask)
         a = _linear(x, w_in, b_in, HID, IN, BLOCK_IN, BLOCK_HID, DOT_DTYPE, DOT_PREC)
         da = dh * _gelu_grad(a)
         if PARTIALS:
@@ -193,7 +215,15 @@ if _TRITON_IMPORT_ERROR is None:
         dx = tl.dot(da.to(DOT_DTYPE), w, input_precision=DOT_PREC)
         if IN_RES:
             dx += dh
-        tl.store(dx_ptr + rows * IN + ci, dx.to(dx_ptr.dtype.element_ty), mask=rmask & (ci < IN))
+        if NORM:  # dx is ∂loss/∂LayerNorm(x) so far
+            cl = tl.arange(0, BLOCK_IN)
+            tl.store(lnp_ptr + (pid * 2) * BLOCK_IN + cl, tl.sum(dx * xhat, axis=0))
+            tl.store(lnp_ptr + (pid * 2 + 1) * BLOCK_IN + cl, tl.sum(dx, axis=0))
+            dxhat = dx * g
+            c1 = tl.sum(dxhat * xhat, 1) / IN
+            c2 = tl.sum(dxhat, 1) / IN
+            dx = (dxhat - c2[:, None] - xhat * c1[:, None]) * rstd[:, None]
+        tl.store(dx_ptr + rows * IN + ci, dx.to(dx_ptr.dtype.element_ty), mask=xmask)
 
     @triton.jit
     def _mlp_wgrad_kernel(
@@ -260,7 +290,8 @@ def _dims(x, w_in, w_hid, w_out):
     return x.shape[0], w_in.shape[1], w_in.shape[0], w_out.shape[0], w_hid.shape[0]
 
 
-def _forward(x, w_in, b_in, w_hid, b_hid, w_out, b_out, input_residual, output_residual, dot, save):
+def _forward(x, w_in, b_in, w_hid, b_hid, w_out, b_out, ln_w, ln_b, eps, input_residual, output_residual,
+             dot, save):
     T, IN, HID, OUT, L = _dims(x, w_in, w_hid, w_out)
     dot_dtype = _DTYPES[dot]
     y = torch.empty((T, OUT), device=x.device, dtype=x.dtype)
@@ -269,44 +300,58 @@ def _forward(x, w_in, b_in, w_hid, b_hid, w_out, b_out, input_residual, output_r
         return y, s
     bt, warps = _tile(HID, _interpreting())
     dtl, prec = _dot_args(dot_dtype)
+    norm = ln_w is not None
     _mlp_fwd_kernel[(triton.cdiv(T, bt),)](
         x, w_in, b_in, w_hid, b_hid, w_out, b_out, y, s if save else y,
+        ln_w if norm else b_in, ln_b if norm else b_in, float(eps),
         T, IN, HID, OUT,
         L=L, BLOCK_T=bt, BLOCK_IN=_block(IN), BLOCK_HID=_block(HID), BLOCK_OUT=_block(OUT),
-        IN_RES=input_residual, OUT_RES=output_residual, SAVE=save, DOT_DTYPE=dtl, DOT_PREC=prec,
+        IN_RES=input_residual, OUT_RES=output_residual, SAVE=save, NORM=norm, DOT_DTYPE=dtl, DOT_PREC=prec,
         num_warps=warps,
     )
     return y, s
 
 
-def _backward(dy, x, s, w_in, b_in, w_hid, b_hid, w_out, input_residual, output_residual, dot):
+def _backward(dy, x, s, w_in, b_in, w_hid, b_hid, w_out, ln_w, ln_b, eps, input_residual, output_residual,
+              dot):
     """dx; the weight gradients of every layer as one zero-padded [L + 2, A, B] fp32 tensor (input
-    layer, hidden layers, output layer; A = padded max(HID, OUT), B = padded max(IN, HID)) and the
-    bias gradients as [L + 2, A]."""
+    layer, hidden layers, output layer; A = padded max(HID, OUT), B = padded max(IN, HID)); the bias
+    gradients as [L + 2, A]; the input norm's weight and bias gradients as [2, IN] (empty without)."""
     T, IN, HID, OUT, L = _dims(x, w_in, w_hid, w_out)
     dot_dtype = _DTYPES[dot]
-    ba, bb = max(_block(HID), _block(OUT)), max(_block(IN), _block(HID))
+    bin_ = _block(IN)
+    ba, bb = max(_block(HID), _block(OUT)), max(bin_, _block(HID))
     f32 = dict(device=x.device, dtype=torch.float32)
+    norm = ln_w is not None
     dx = torch.empty_like(x)
     if T == 0:
-        return dx, torch.zeros((L + 2, ba, bb), **f32), torch.zeros((L + 2, ba), **f32)
+        return (dx, torch.zeros((L + 2, ba, bb), **f32), torch.zeros((L + 2, ba), **f32),
+                torch.zeros((2, IN) if norm else (0,), **f32))
     dy = dy.contiguous()
     bt, warps = _tile(HID, _interpreting())
     dtl, prec = _dot_args(dot_dtype)
     tiles = triton.cdiv(T, bt)
-    common = dict(L=L, BLOCK_T=bt, BLOCK_IN=_block(IN), BLOCK_HID=_block(HID), BLOCK_OUT=_block(OUT),
-                  IN_RES=input_residual, OUT_RES=output_residual, SLOT_A=ba, SLOT_B=bb,
+    lnp = torch.empty((tiles, 2, bin_) if norm else (0,), **f32)
+    common = dict(L=L, BLOCK_T=bt, BLOCK_IN=bin_, BLOCK_HID=_block(HID), BLOCK_OUT=_block(OUT),
+                  IN_RES=input_residual, OUT_RES=output_residual, NORM=norm, SLOT_A=ba, SLOT_B=bb,
                   DOT_DTYPE=dtl, DOT_PREC=prec, num_warps=warps)
+    ln = (ln_w if norm else b_in, ln_b if norm else b_in, float(eps))
+
+    def norm_grads():
+        return lnp.sum(0)[:, :IN] if norm else lnp
+
     if tiles * (L + 2) * ba * bb * 4 <= PARTIALS_MAX_BYTES:
         # few tokens: every program adds its tile's share of the weight gradients to its own slot
         # (one launch instead of four, no pre-activation gradients written)
         dwp = torch.empty((tiles, L + 2, ba, bb), **f32)
         dbp = torch.empty((tiles, L + 2, ba), **f32)
-        _mlp_bwd_kernel[(tiles,)](x, dy, s, w_in, b_in, w_hid, b_hid, w_out, dx, dx, dwp, dbp,
+        _mlp_bwd_kernel[(tiles,)](x, dy, s, w_in, b_in, w_hid, b_hid, w_out, dx, dx, dwp, dbp, *ln, dx, lnp,
                                   T, IN, HID, OUT, PARTIALS=True, **common)
-        return dx, dwp.sum(0), dbp.sum(0)
+        return dx, dwp.sum(0), dbp.sum(0), norm_grads()
     da = torch.empty((L + 1, T, HID), device=x.device, dtype=dot_dtype)
-    _mlp_bwd_kernel[(tiles,)](x, dy, s, w_in, b_in, w_hid, b_hid, w_out, dx, da, dx, dx,
+    # with a norm the input layer's weight gradient needs LayerNorm(x): the backward kernel stores it
+    xn = torch.empty((T, IN), device=x.device, dtype=dot_dtype) if norm else x
+    _mlp_bwd_kernel[(tiles,)](x, dy, s, w_in, b_in, w_hid, b_hid, w_out, dx, da, dx, dx, *ln, xn, lnp,
                               T, IN, HID, OUT, PARTIALS=False, **common)
     # weight gradients: sums over the tokens, split into chunks so that every SM works; the chunks'
     # partials are summed by torch afterwards (deterministic, no atomics). Three launches: the input
@@ -327,7 +372,7 @@ def _backward(dy, x, s, w_in, b_in, w_hid, b_hid, w_out, input_residual, output_
     dwp = torch.empty((chunks, L + 2, ba, bb), **f32)
     dbp = torch.empty((chunks, L + 2, ba), **f32)
     for a, b, a_width, b_width, slot0, layers in (
-        (da, x, HID, IN, 0, 1),  # input layer
+        (da, xn, HID, IN, 0, 1),  # input layer
         (da[1:], s, HID, HID, 1, L),  # hidden layers
         (dy, s[L], OUT, HID, L + 1, 1),  # output layer
     ):
@@ -337,19 +382,22 @@ def _backward(dy, x, s, w_in, b_in, w_hid, b_hid, w_out, input_residual, output_
                 A_WIDTH=a_width, B_WIDTH=b_width, BLOCK_T=wt, BLOCK_A=ba, BLOCK_B=bb,
                 DOT_DTYPE=dtl, DOT_PREC=prec, num_warps=4, num_stages=stages,
             )
-    return dx, dwp.sum(0), dbp.sum(0)
+    return dx, dwp.sum(0), dbp.sum(0), norm_grads()
 
 
 @torch.library.custom_op("flare::fused_mlp_fwd", mutates_args=())
 def _mlp_fwd_op(x: torch.Tensor, w_in: torch.Tensor, b_in: torch.Tensor, w_hid: torch.Tensor,
-                b_hid: torch.Tensor, w_out: torch.Tensor, b_out: torch.Tensor, input_residual: bool,
-                output_residual: bool, dot: str, save: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(y [T, OUT] in x's dtype, saved h_0 … h_L [L+1, T, HID] in the dot dtype, or empty)."""
-    return _forward(x, w_in, b_in, w_hid, b_hid, w_out, b_out, input_residual, output_residual, dot, save)
+                b_hid: torch.Tensor, w_out: torch.Tensor, b_out: torch.Tensor, ln_w: Optional[torch.Tensor],
+                ln_b: Optional[torch.Tensor], eps: float, input_residual: bool, output_residual: bool,
+                dot: str, save: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(y [T, OUT] in x's dtype, saved h_0 … h_L [L+1, T, HID] in the dot dtype, or empty); with
+    ``ln_w`` / ``ln_b`` the MLP runs on LayerNorm(x) (weight, bias, eps) computed in the kernel."""
+    return _forward(x, w_in, b_in, w_hid, b_hid, w_out, b_out, ln_w, ln_b, eps, input_residual,
+                    output_residual, dot, save)
 
 
 @_mlp_fwd_op.register_fake
-def _(x, w_in, b_in, w_hid, b_hid, w_out, b_out, input_residual, output_residual, dot, save):
+def _(x, w_in, b_in, w_hid, b_hid, w_out, b_out, ln_w, ln_b, eps, input_residual, output_residual, dot, save):
     T, _, HID, OUT, L = _dims(x, w_in, w_hid, w_out)
     return (x.new_empty((T, OUT)),
             x.new_empty((L + 1, T, HID) if save else (0,), dtype=_DTYPES[dot]))
@@ -358,27 +406,34 @@ def _(x, w_in, b_in, w_hid, b_hid, w_out, b_out, input_residual, output_residual
 @torch.library.custom_op("flare::fused_mlp_bwd", mutates_args=())
 def _mlp_bwd_op(dy: torch.Tensor, x: torch.Tensor, s: torch.Tensor, w_in: torch.Tensor,
                 b_in: torch.Tensor, w_hid: torch.Tensor, b_hid: torch.Tensor, w_out: torch.Tensor,
+                ln_w: Optional[torch.Tensor], ln_b: Optional[torch.Tensor], eps: float,
                 input_residual: bool, output_residual: bool, dot: str
-                ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dx, padded weight gradients [L+2, A, B], padded bias gradients [L+2, A]); see ``_backward``."""
-    return _backward(dy, x, s, w_in, b_in, w_hid, b_hid, w_out, input_residual, output_residual, dot)
+                ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx, padded weight gradients [L+2, A, B], padded bias gradients [L+2, A], norm gradients
+    [2, IN] or empty); see ``_backward``."""
+    return _backward(dy, x, s, w_in, b_in, w_hid, b_hid, w_out, ln_w, ln_b, eps, input_residual,
+                     output_residual, dot)
 
 
 @_mlp_bwd_op.register_fake
-def _(dy, x, s, w_in, b_in, w_hid, b_hid, w_out, input_residual, output_residual, dot):
+def _(dy, x, s, w_in, b_in, w_hid, b_hid, w_out, ln_w, ln_b, eps, input_residual, output_residual, dot):
     _, IN, HID, OUT, L = _dims(x, w_in, w_hid, w_out)
     ba, bb = max(_block(HID), _block(OUT)), max(_block(IN), _block(HID))
-    return (x.new_empty(x.shape), x.new_empty((L + 2, ba, bb), dtype=torch.float32),
-            x.new_empty((L + 2, ba), dtype=torch.float32))
+    f32 = dict(dtype=torch.float32)
+    return (x.new_empty(x.shape), x.new_empty((L + 2, ba, bb), **f32), x.new_empty((L + 2, ba), **f32),
+            x.new_empty((2, IN) if ln_w is not None else (0,), **f32))
+
+
+_FWD_ARGS = 14  # inputs of flare::fused_mlp_fwd
 
 
 def _setup(ctx, inputs, output):
-    x, w_in, b_in, w_hid, b_hid, w_out, b_out, input_residual, output_residual, dot, save = inputs
+    x, w_in, b_in, w_hid, b_hid, w_out, b_out, ln_w, ln_b, eps, input_residual, output_residual, dot, save = inputs
     if not save:
         raise RuntimeError("fused_residual_mlp: the forward ran without saving activations "
                            "but a gradient was requested")
-    ctx.save_for_backward(x, output[1], w_in, b_in, w_hid, b_hid, w_out)
-    ctx.flags = (input_residual, output_residual, dot)
+    ctx.save_for_backward(x, output[1], w_in, b_in, w_hid, b_hid, w_out, ln_w, ln_b)
+    ctx.flags = (eps, input_residual, output_residual, dot)
     # the saved activations are an output only to be saved: no zero-filled gradient for them
     # (512 MB of zeros per MLP at 1M points in bf16)
     ctx.mark_non_differentiable(output[1])
@@ -387,13 +442,15 @@ def _setup(ctx, inputs, output):
 
 def _backward_rule(ctx, dy, _ds):
     if dy is None:  # the output did not reach the loss
-        return (None,) * 11
-    x, s, w_in, b_in, w_hid, b_hid, w_out = ctx.saved_tensors
-    input_residual, output_residual, dot = ctx.flags
-    dx, dw, db = _mlp_bwd_op(dy, x, s, w_in, b_in, w_hid, b_hid, w_out, input_residual, output_residual, dot)
+        return (None,) * _FWD_ARGS
+    x, s, w_in, b_in, w_hid, b_hid, w_out, ln_w, ln_b = ctx.saved_tensors
+    eps, input_residual, output_residual, dot = ctx.flags
+    dx, dw, db, dln = _mlp_bwd_op(dy, x, s, w_in, b_in, w_hid, b_hid, w_out, ln_w, ln_b, eps,
+                                  input_residual, output_residual, dot)
     L, HID, IN, OUT = w_hid.shape[0], w_in.shape[0], w_in.shape[1], w_out.shape[0]
+    dln_w, dln_b = (dln[0], dln[1]) if ln_w is not None else (None, None)
     return (dx, dw[0, :HID, :IN], db[0, :HID], dw[1:L + 1, :HID, :HID], db[1:L + 1, :HID],
-            dw[L + 1, :OUT, :HID], db[L + 1, :OUT], None, None, None, None)
+            dw[L + 1, :OUT, :HID], db[L + 1, :OUT], dln_w, dln_b) + (None,) * (_FWD_ARGS - 9)
 
 
 _mlp_fwd_op.register_autograd(_backward_rule, setup_context=_setup)
@@ -418,12 +475,15 @@ def _check(x: torch.Tensor, weights: List[torch.Tensor], L: int) -> None:
 
 def fused_residual_mlp(x: torch.Tensor, w_in: torch.Tensor, b_in: torch.Tensor, w_hid: List[torch.Tensor],
                        b_hid: List[torch.Tensor], w_out: torch.Tensor, b_out: torch.Tensor,
-                       input_residual: bool, output_residual: bool) -> torch.Tensor:
+                       input_residual: bool, output_residual: bool,
+                       norm: Optional[Tuple[torch.Tensor, torch.Tensor, float]] = None) -> torch.Tensor:
     """The residual MLP above on ``x [..., IN]`` -> ``[..., OUT]`` in x's dtype.
 
     Weights are ``nn.Linear`` layout (``[out, in]``); ``w_hid`` / ``b_hid`` the hidden layers' lists.
-    ``input_residual`` needs IN == HID and ``output_residual`` HID == OUT. Under autocast the dots run
-    in the autocast dtype, otherwise in x's dtype. Differentiable in x and every weight and bias.
+    ``input_residual`` needs IN == HID and ``output_residual`` HID == OUT. ``norm = (weight, bias,
+    eps)`` applies a LayerNorm over the IN features first, inside the kernels (the MLP's input and
+    its residual are the normalised x). Under autocast the dots run in the autocast dtype, otherwise
+    in x's dtype. Differentiable in x and every weight and bias.
     """
     L = len(w_hid)
     HID = w_in.shape[0]
@@ -449,8 +509,14 @@ def fused_residual_mlp(x: torch.Tensor, w_in: torch.Tensor, b_in: torch.Tensor, 
             "use the torch backend for this layer (mlp backend 'auto' does)")
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1]).contiguous()
-    params = (w_in, b_in, w_stack, b_stack, w_out, b_out)
+    ln_w, ln_b, eps = norm if norm is not None else (None, None, 0.0)
+    if norm is not None and (ln_w.shape != (x.shape[-1],) or ln_b.shape != (x.shape[-1],)):
+        raise ValueError(f"the norm's weight and bias must have shape ({x.shape[-1]},); got "
+                         f"{tuple(ln_w.shape)} and {tuple(ln_b.shape)}")
+    params = (w_in, b_in, w_stack, b_stack, w_out, b_out) + ((ln_w, ln_b) if norm is not None else ())
     save = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params))
     params = tuple(p.contiguous() for p in params)
-    y, _ = _mlp_fwd_op(x2, *params, bool(input_residual), bool(output_residual), dot, save)
+    if norm is None:
+        params += (None, None)
+    y, _ = _mlp_fwd_op(x2, *params, float(eps), bool(input_residual), bool(output_residual), dot, save)
     return y.view(*lead, w_out.shape[0])

@@ -197,3 +197,18 @@ def test_split_token_weight_gradients(monkeypatch):
     monkeypatch.setattr(fm, "PARTIALS_MAX_BYTES", 0)
     compare((64, 64, 64, 3, True, True, 300))
     compare((3, 32, 1, 2, False, False, 37))
+
+
+def test_activation_checkpointing_recomputes_the_same():
+    """FLARE with activation checkpointing around fused MLPs (forward run twice): same gradients."""
+    hp = dict(channel_dim=16, num_blocks=2, num_heads=2, num_latents=8, attn_backend="reference",
+              mlp_backend="triton")
+    torch.manual_seed(0)
+    plain = build("flare", 3, 2, **hp).to(DEVICE)
+    ckpt = build("flare", 3, 2, **hp, activation_checkpointing=True).to(DEVICE)
+    ckpt.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 40, 3, device=DEVICE)
+    plain(x).square().mean().backward()
+    ckpt(x).square().mean().backward()
+    for (name, a), b in zip(plain.named_parameters(), ckpt.parameters()):
+        assert rel_err(b.grad, a.grad) < 1e-6, name

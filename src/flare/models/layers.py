@@ -15,7 +15,7 @@ def gelu_tanh() -> nn.Module:
 # forward, one backward, plus the weight-gradient sums); "auto": triton on CUDA when it imports, every
 # width is at most FUSED_MAX_WIDTH and, for 16-bit dots, the input is as wide as the hidden layers.
 MLP_BACKENDS = ("torch", "triton", "auto")
-FUSED_MAX_WIDTH = 128
+FUSED_MAX_WIDTH = 128  # flare.ops.fused_mlp.MAX_WIDTH (not imported here: that module imports triton)
 
 
 class ResidualMLP(nn.Module):

@@ -9,7 +9,8 @@ through memory. Here each program takes a tile of tokens through the whole chain
     h_{l+1} = h_l + gelu(h_l W_lᵀ + b_l)          l = 0 … L-1
     y       = h_L W_outᵀ + b_out    (+ h_L        if output_residual)
 
-GELU is the tanh approximation, as in the model. The forward saves ``h_0 … h_L`` (the inputs of the
+GELU is the tanh approximation, as in the model. An optional LayerNorm in front (``norm``) is
+computed inside both kernels. The forward saves ``h_0 … h_L`` (the inputs of the
 hidden and output layers, in the dot dtype); the backward kernel recomputes each pre-activation from
 them with one small dot and runs the chain of input gradients in registers. The weight and bias
 gradients are sums over the tokens: with few tokens every backward program writes its tile's share
@@ -48,7 +49,6 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 def fused_mlp_available() -> bool:
     """True when triton imported (the kernels are defined)."""
     return _TRITON_IMPORT_ERROR is None
-
 
 
 if _TRITON_IMPORT_ERROR is None:

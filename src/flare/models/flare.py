@@ -65,7 +65,7 @@ class FLAREMixer(nn.Module):
         """Latent queries ``[H, M, D]``."""
         return self.latent_queries.view(self.num_heads, self.head_dim, self.num_latents).transpose(1, 2)
 
-    def forward(self, u: torch.Tensor, norm: Optional[nn.LayerNorm] = None) -> torch.Tensor:
+    def forward(self, u: torch.Tensor, norm: Optional[nn.Module] = None) -> torch.Tensor:
         """``u [B, N, C]``; ``norm`` is applied to u first (inside the fused MLP kernels when they run)."""
         B, N, C = u.shape
         k = self.key_proj(u, norm=norm).view(B, N, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, N, D]
@@ -130,6 +130,4 @@ class FLARE(nn.Module):
         return run(self._head, h)
 
     def _head(self, h: torch.Tensor) -> torch.Tensor:
-        if isinstance(self.out_norm, nn.LayerNorm):
-            return self.out_proj(h, norm=self.out_norm)
-        return self.out_proj(h)
+        return self.out_proj(h, norm=self.out_norm)

@@ -12,10 +12,9 @@ def gelu_tanh() -> nn.Module:
 
 
 # "torch": nn.Linear and GELU modules; "triton": the fused kernels of flare.ops.fused_mlp (one launch
-# forward, one backward, plus the weight-gradient sums); "auto": triton on CUDA when it imports, every
-# width is at most FUSED_MAX_WIDTH and, for 16-bit dots, the input is as wide as the hidden layers.
+# forward, one backward, plus the weight-gradient sums); "auto": triton on CUDA wherever
+# flare.ops.fused_mlp.fused_mlp_supports says it runs, else torch.
 MLP_BACKENDS = ("torch", "triton", "auto")
-FUSED_MAX_WIDTH = 128  # flare.ops.fused_mlp.MAX_WIDTH (not imported here: that module imports triton)
 
 
 class ResidualMLP(nn.Module):
@@ -60,19 +59,15 @@ class ResidualMLP(nn.Module):
             return False
         if self.backend == "triton":
             return True
-        widths = (self.fc_in.in_features, self.fc_in.out_features, self.fc_out.out_features)
-        if not x.is_cuda or max(widths) > FUSED_MAX_WIDTH:
+        if not x.is_cuda:
             return False
-        half = x.dtype != torch.float32 or torch.is_autocast_enabled(x.device.type)
-        if half and widths[0] != widths[1]:
-            return False  # not fused in 16-bit: see flare.ops.fused_mlp
-        from flare.ops.fused_mlp import fused_mlp_available
+        from flare.ops.fused_mlp import fused_mlp_supports  # imports triton: only on this path
 
-        return fused_mlp_available()
+        return fused_mlp_supports(x, self.fc_in.in_features, self.fc_in.out_features, self.fc_out.out_features)
 
-    def forward(self, x: torch.Tensor, norm: Optional[nn.LayerNorm] = None) -> torch.Tensor:
-        """``self(norm(x))``; the fused backend computes the norm (a LayerNorm over the input features
-        with weight and bias) inside its kernels."""
+    def forward(self, x: torch.Tensor, norm: Optional[nn.Module] = None) -> torch.Tensor:
+        """``self(norm(x))``; the fused backend computes a LayerNorm over the input features (with
+        weight and bias) inside its kernels, any other ``norm`` is applied first."""
         fused = self.uses_fused(x)
         if norm is not None and not (fused and _fusable_norm(norm, x.shape[-1])):
             x, norm = norm(x), None

@@ -29,6 +29,12 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def fp32_dot_precision() -> str:
+    """``tl.dot`` precision for fp32 operands: TF32 where torch allows it for matrix products (as
+    ``nn.Linear`` then runs), else exact ("ieee")."""
+    return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
+
+
 def sm_count(device: torch.device) -> int:
     """Multiprocessors of a CUDA device (cached); 4 for the CPU interpreter."""
     if device.type != "cuda":

@@ -34,11 +34,12 @@ from typing import List, Optional, Tuple
 import torch
 
 from flare.ops._triton import IMPORT_ERROR as _TRITON_IMPORT_ERROR
+from flare.ops._triton import fp32_dot_precision
 from flare.ops._triton import interpreting as _interpreting
 from flare.ops._triton import sm_count as _sm_count
 from flare.ops._triton import tl, triton
 
-__all__ = ["fused_residual_mlp", "fused_mlp_available", "MAX_WIDTH"]
+__all__ = ["fused_residual_mlp", "fused_mlp_available", "fused_mlp_supports", "dot_dtype_for", "MAX_WIDTH"]
 
 # widest layer the kernels take: a [tokens, width] fp32 tile and a [width, width] weight tile live in
 # registers at once
@@ -282,12 +283,17 @@ def _tile(hidden: int, interpret: bool) -> Tuple[int, int]:
 
 def _dot_args(dot_dtype: torch.dtype):
     if dot_dtype == torch.float32:
-        return tl.float32, ("tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee")
+        return tl.float32, fp32_dot_precision()
     return (tl.bfloat16 if dot_dtype == torch.bfloat16 else tl.float16), "tf32"
 
 
 def _dims(x, w_in, w_hid, w_out):
     return x.shape[0], w_in.shape[1], w_in.shape[0], w_out.shape[0], w_hid.shape[0]
+
+
+def _grad_blocks(IN: int, HID: int, OUT: int) -> Tuple[int, int]:
+    """(A, B): one layer's padded weight-gradient slot is [A, B], fitting every layer of the MLP."""
+    return max(_block(HID), _block(OUT)), max(_block(IN), _block(HID))
 
 
 def _forward(x, w_in, b_in, w_hid, b_hid, w_out, b_out, ln_w, ln_b, eps, input_residual, output_residual,
@@ -320,7 +326,7 @@ def _backward(dy, x, s, w_in, b_in, w_hid, b_hid, w_out, ln_w, ln_b, eps, input_
     T, IN, HID, OUT, L = _dims(x, w_in, w_hid, w_out)
     dot_dtype = _DTYPES[dot]
     bin_ = _block(IN)
-    ba, bb = max(_block(HID), _block(OUT)), max(bin_, _block(HID))
+    ba, bb = _grad_blocks(IN, HID, OUT)
     f32 = dict(device=x.device, dtype=torch.float32)
     norm = ln_w is not None
     dx = torch.empty_like(x)
@@ -358,12 +364,13 @@ def _backward(dy, x, s, w_in, b_in, w_hid, b_hid, w_out, ln_w, ln_b, eps, input_
     # layer, the hidden layers, the output layer (their operands differ in dtype and width).
     wide = max(ba, bb) > 64
     wt = 32 if _interpreting() or wide else 64
-    # One stage, i.e. no asynchronous copies: (1) fp32 operands must go through registers, since TF32
+    # One stage, i.e. no asynchronous copies: fp32 operands must go through registers, since TF32
     # tensor cores need the token axis contiguous in shared memory and asynchronous copies straight
     # into that transposed layout are 4-byte, uncoalesced ones (24 µs instead of a few per launch at
-    # the Darcy size, H200); (2) masked-out lanes of pipelined copies still touched memory past the
-    # end of a narrow operand (a [T, 3] input at T ≈ 1M, bf16: illegal address, H100, triton 3.6),
-    # while plain masked loads do not. Two programs per SM hide the load latency instead.
+    # the Darcy size, H200). 16-bit operands run one stage as well (0.75 against 0.50 ms per MLP at
+    # 1M tokens, H100): it was tried as the cause of the narrow-input fault (see fused_residual_mlp),
+    # which it was not, and three stages were not measured again with that layer guarded.
+    # Two programs per SM hide the load latency instead.
     stages = 1
     tiles = triton.cdiv(T, wt)
     chunks = max(1, min(tiles, 2 * _sm_count(x.device)))
@@ -418,7 +425,7 @@ def _mlp_bwd_op(dy: torch.Tensor, x: torch.Tensor, s: torch.Tensor, w_in: torch.
 @_mlp_bwd_op.register_fake
 def _(dy, x, s, w_in, b_in, w_hid, b_hid, w_out, ln_w, ln_b, eps, input_residual, output_residual, dot):
     _, IN, HID, OUT, L = _dims(x, w_in, w_hid, w_out)
-    ba, bb = max(_block(HID), _block(OUT)), max(_block(IN), _block(HID))
+    ba, bb = _grad_blocks(IN, HID, OUT)
     f32 = dict(dtype=torch.float32)
     return (x.new_empty(x.shape), x.new_empty((L + 2, ba, bb), **f32), x.new_empty((L + 2, ba), **f32),
             x.new_empty((2, IN) if ln_w is not None else (0,), **f32))
@@ -454,6 +461,28 @@ def _backward_rule(ctx, dy, _ds):
 
 
 _mlp_fwd_op.register_autograd(_backward_rule, setup_context=_setup)
+
+
+def dot_dtype_for(x: torch.Tensor) -> torch.dtype:
+    """The dtype the fused MLP's dots run in for input ``x``: the autocast dtype, else x's dtype."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
+def _input_width_ok(IN: int, HID: int, dot_dtype: torch.dtype) -> bool:
+    # an input layer narrower than the hidden one (a model's first projection) made the 16-bit
+    # backward kernel access memory out of bounds at ~1M tokens (H100, triton 3.6), also with the
+    # input zero-padded to the tile width; fp32 and in == hidden were correct at every size tried
+    return dot_dtype == torch.float32 or IN == HID
+
+
+def fused_mlp_supports(x: torch.Tensor, in_dim: int, hidden_dim: int, out_dim: int) -> bool:
+    """Whether ``fused_residual_mlp`` runs an MLP of these widths on ``x`` (triton imported, CUDA or
+    the interpreter, widths up to MAX_WIDTH, and no known fault for the dot dtype)."""
+    return (fused_mlp_available() and (x.is_cuda or _interpreting())
+            and max(in_dim, hidden_dim, out_dim) <= MAX_WIDTH
+            and _input_width_ok(in_dim, hidden_dim, dot_dtype_for(x)))
 
 
 def _check(x: torch.Tensor, weights: List[torch.Tensor], L: int) -> None:
@@ -492,18 +521,11 @@ def fused_residual_mlp(x: torch.Tensor, w_in: torch.Tensor, b_in: torch.Tensor, 
     _check(x, [w_in, w_stack, w_out], L)
     if input_residual and w_in.shape[1] != HID or output_residual and w_out.shape[0] != HID:
         raise ValueError("a residual connection needs equal widths on both sides")
-    device_type = x.device.type
-    if torch.is_autocast_enabled(device_type):
-        dot_dtype = torch.get_autocast_dtype(device_type)
-    else:
-        dot_dtype = x.dtype
+    dot_dtype = dot_dtype_for(x)
     if dot_dtype not in _DTYPES.values():
         raise ValueError(f"unsupported dtype {dot_dtype} for the fused MLP")
     dot = str(dot_dtype).removeprefix("torch.")
-    if dot_dtype != torch.float32 and w_in.shape[1] != HID:
-        # an input layer narrower than the hidden one (a model's first projection) made the 16-bit
-        # backward kernel access memory out of bounds at ~1M tokens (H100, triton 3.6), also with the
-        # input zero-padded to the tile width; fp32 and in == hidden were correct at every size tried
+    if not _input_width_ok(w_in.shape[1], HID, dot_dtype):
         raise NotImplementedError(
             f"the fused MLP in {dot} needs in_dim == hidden_dim (got {w_in.shape[1]} and {HID}); "
             "use the torch backend for this layer (mlp backend 'auto' does)")

@@ -48,6 +48,7 @@ from typing import Optional, Tuple
 import torch
 
 from flare.ops._triton import IMPORT_ERROR as _TRITON_IMPORT_ERROR
+from flare.ops._triton import fp32_dot_precision
 from flare.ops._triton import interpreting as _interpreting
 from flare.ops._triton import sm_count as _sm_count
 from flare.ops._triton import tl, triton
@@ -58,7 +59,6 @@ __all__ = ["flare_mixer_triton", "flare_mixer_triton_impl", "triton_available", 
 def triton_available() -> bool:
     """True when triton imported and its kernels were defined."""
     return _TRITON_IMPORT_ERROR is None
-
 
 
 # --------------------------------------------------------------------------------------------
@@ -613,7 +613,7 @@ def _dot_precision(dtype: torch.dtype, cfg: Optional["MixerConfig"] = None) -> s
         return "tf32"  # ignored by tl.dot for 16-bit inputs
     if cfg is not None and cfg.fp32_precision is not None:
         return cfg.fp32_precision
-    return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
+    return fp32_dot_precision()
 
 
 def _config_for(q: torch.Tensor, k: torch.Tensor) -> MixerConfig:

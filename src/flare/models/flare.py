@@ -66,7 +66,10 @@ class FLAREMixer(nn.Module):
         return self.latent_queries.view(self.num_heads, self.head_dim, self.num_latents).transpose(1, 2)
 
     def forward(self, u: torch.Tensor, norm: Optional[nn.Module] = None) -> torch.Tensor:
-        """``u [B, N, C]``; ``norm`` is applied to u first (inside the fused MLP kernels when they run)."""
+        """``u [B, N, C]``; ``norm`` is applied to u first (inside the fused MLP kernels when they run,
+        else once here for both projections)."""
+        if norm is not None and not self.key_proj.fuses_norm(u, norm):
+            u, norm = norm(u), None
         B, N, C = u.shape
         k = self.key_proj(u, norm=norm).view(B, N, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, N, D]
         v = self.value_proj(u, norm=norm).view(B, N, self.num_heads, self.head_dim).transpose(1, 2)

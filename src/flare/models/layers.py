@@ -65,11 +65,17 @@ class ResidualMLP(nn.Module):
 
         return fused_mlp_supports(x, self.fc_in.in_features, self.fc_in.out_features, self.fc_out.out_features)
 
+    def fuses_norm(self, x: torch.Tensor, norm: Optional[nn.Module]) -> bool:
+        """Whether ``forward(x, norm)`` computes ``norm`` inside the fused kernels (a LayerNorm over
+        the input features, with weight and bias) rather than applying it first."""
+        return (isinstance(norm, nn.LayerNorm) and norm.elementwise_affine
+                and norm.bias is not None and tuple(norm.normalized_shape) == (x.shape[-1],)
+                and self.uses_fused(x))
+
     def forward(self, x: torch.Tensor, norm: Optional[nn.Module] = None) -> torch.Tensor:
-        """``self(norm(x))``; the fused backend computes a LayerNorm over the input features (with
-        weight and bias) inside its kernels, any other ``norm`` is applied first."""
+        """``self(norm(x))``; see ``fuses_norm``."""
         fused = self.uses_fused(x)
-        if norm is not None and not (fused and _fusable_norm(norm, x.shape[-1])):
+        if norm is not None and not self.fuses_norm(x, norm):
             x, norm = norm(x), None
         if self.single_linear:
             return self.fc_out(x)
@@ -91,11 +97,6 @@ class ResidualMLP(nn.Module):
         if self.output_residual:
             y = y + h
         return y
-
-
-def _fusable_norm(norm: nn.Module, width: int) -> bool:
-    return (isinstance(norm, nn.LayerNorm) and norm.elementwise_affine and norm.bias is not None
-            and tuple(norm.normalized_shape) == (width,))
 
 
 def init_linear_and_norm(module: nn.Module, std: float = 0.02) -> None:

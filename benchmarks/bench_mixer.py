@@ -213,6 +213,32 @@ def launch_report(key):
     return f"regs {regs} spills {spills}"
 
 
+def run_chunk_sweep(case, args, rows, base, stage, names):
+    """Time each stage with its default tiles and a forced number of N-chunks (programs per latent tile
+    and head), beside the chunk count the launcher picks itself."""
+    from flare.ops._triton import triton as _triton
+    B, H, M, N, D = case["B"], case["H"], case["M"], case["N"], case["D"]
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    for name in names:
+        fn, _, key = stage[name]
+        kc = getattr(base, name)
+        others = B * H * (-(-M // kc.block_m) if name in ("gather", "bwd_scatter") else 1)
+        tiles = -(-N // kc.block_n)
+        counts = [None] + [int(c) for c in args.tune_chunks.split(",") if c]
+        for nc in counts:
+            if nc is not None and nc > tiles:
+                continue
+            ms = do_bench(lambda: fn(base, nc), warmup=args.warmup, rep=args.rep)
+            h = tm.LAST_LAUNCH.get(key)
+            grid_c = tm.LAST_CHUNKS.get(key, "?")
+            print(f"  {name:>11} chunks={'auto' if nc is None else nc:>5} -> C={grid_c} programs="
+                  f"{grid_c * others if isinstance(grid_c, int) else '?'} ({sms} SMs) tiles/head={tiles}: "
+                  f"{ms:8.4f} ms  {launch_report(key)}", flush=True)
+            rows.append(dict(case=case["name"], dtype=str(case["dtype"]).replace("torch.", ""), B=B, H=H, M=M, N=N,
+                             D=D, impl=f"chunks:{name}:{'auto' if nc is None else nc}:C{grid_c}", mode=name, ms=ms,
+                             peak_extra_mib=float("nan"), hbm_floor_ms=float("nan")))
+
+
 def run_tune(case, args, rows):
     B, H, M, N, D, dtype = case["B"], case["H"], case["M"], case["N"], case["D"], case["dtype"]
     print(f"\n== tune {case['name']} B={B} H={H} M={M} N={N} D={D} {dtype}", flush=True)
@@ -224,16 +250,19 @@ def run_tune(case, args, rows):
     dk, dv, dq_g = tm._run_bwd_main(q, k, v, z, dz, dy, lse_g, delta_g, lse_s, delta_s, base)
     ref_out = {"gather": z, "scatter": y, "bwd_scatter": dz, "bwd_main": dk}
     stage = {
-        "gather": (lambda c: tm._run_gather(q, k, v, c), lambda o: o[0], "gather_fwd_kernel"),
-        "scatter": (lambda c: tm._run_scatter(q, k, z, c), lambda o: o[0], "scatter_fwd_kernel"),
-        "bwd_scatter": (lambda c: tm._run_bwd_scatter(q, k, z, y, lse_s, dy, c), lambda o: o[0],
+        "gather": (lambda c, n=None: tm._run_gather(q, k, v, c, n), lambda o: o[0], "gather_fwd_kernel"),
+        "scatter": (lambda c, n=None: tm._run_scatter(q, k, z, c, n), lambda o: o[0], "scatter_fwd_kernel"),
+        "bwd_scatter": (lambda c, n=None: tm._run_bwd_scatter(q, k, z, y, lse_s, dy, c, n), lambda o: o[0],
                         "bwd_scatter_kernel"),
-        "bwd_main": (lambda c: tm._run_bwd_main(q, k, v, z, dz, dy, lse_g, delta_g, lse_s, delta_s, c),
+        "bwd_main": (lambda c, n=None: tm._run_bwd_main(q, k, v, z, dz, dy, lse_g, delta_g, lse_s, delta_s, c, n),
                      lambda o: o[0], "bwd_main_kernel"),
     }
     cands = tune_candidates(M, D, dtype)
     if args.tune_stages:
         cands = {k_: v_ for k_, v_ in cands.items() if k_ in args.tune_stages.split(",")}
+    if args.tune_chunks:
+        run_chunk_sweep(case, args, rows, base, stage, list(cands))
+        return
     for name, kcs in cands.items():
         fn, pick, key = stage[name]
         default_kc = getattr(base, name)
@@ -355,6 +384,8 @@ def main():
     ap.add_argument("--check", action="store_true", help="compare triton with an fp32 reference per case")
     ap.add_argument("--tune", action="store_true", help="per-kernel tile sweep instead of the timing sweep")
     ap.add_argument("--tune-stages", default="", help="comma-separated subset of gather,scatter,bwd_scatter,bwd_main")
+    ap.add_argument("--tune-chunks", default="", help="with --tune: sweep these forced N-chunk counts per stage "
+                    "(default tiles) instead of the tile sweep, e.g. 4,8,16,32")
     ap.add_argument("--overhead", action="store_true", help="host-side time per call at a small size, with a profile")
     ap.add_argument("--tf32", action="store_true", help="allow TF32 for fp32 matmuls (default: off, exact fp32)")
     ap.add_argument("--csv", default="results/bench/mixer.csv")

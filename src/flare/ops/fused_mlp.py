@@ -147,7 +147,8 @@ if _TRITON_IMPORT_ERROR is None:
     def _partial_wgrad(dw_ptr, db_ptr, slot, a, b, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr,
                        SLOT_A: tl.constexpr, SLOT_B: tl.constexpr, DOT_DTYPE: tl.constexpr,
                        DOT_PREC: tl.constexpr):
-        """This tile's aᵀ b [BLOCK_A, BLOCK_B] and Σ_rows a into partial slot ``slot`` ([SLOT_A, SLOT_B])."""
+        """This tile's aᵀ b [BLOCK_A, BLOCK_B] and Σ_rows a into layer slot ``slot`` ([SLOT_A, SLOT_B])
+        of the program's partials row (dw_ptr, db_ptr already offset to it)."""
         acc = tl.dot(tl.trans(a.to(DOT_DTYPE)), b.to(DOT_DTYPE), input_precision=DOT_PREC)
         ra = tl.arange(0, BLOCK_A)
         rb = tl.arange(0, BLOCK_B)
@@ -157,7 +158,7 @@ if _TRITON_IMPORT_ERROR is None:
     @triton.jit
     def _mlp_bwd_kernel(
         x_ptr, dy_ptr, s_ptr, w_in, b_in, w_hid, b_hid, w_out, dx_ptr, da_ptr, dw_ptr, db_ptr,
-        ln_w, ln_b, eps, xn_ptr, lnp_ptr,
+        ln_w, ln_b, eps, xn_ptr, lnp_ptr, part_row,
         T, IN: tl.constexpr, HID: tl.constexpr, OUT: tl.constexpr,
         L: tl.constexpr, BLOCK_T: tl.constexpr,
         BLOCK_IN: tl.constexpr, BLOCK_HID: tl.constexpr, BLOCK_OUT: tl.constexpr,
@@ -167,9 +168,10 @@ if _TRITON_IMPORT_ERROR is None:
     ):
         """dx for one tile of tokens, and either da_l = ∂loss/∂(pre-activation) of the input layer
         (slot 0) and of hidden layer l (slot l + 1), or (PARTIALS) this tile's share of every weight
-        and bias gradient, in partial slots pid·(L+2) + (0 input, 1 + l hidden, L + 1 output).
+        and bias gradient, in layer slots 0 (input), 1 + l (hidden), L + 1 (output) of the tile's row
+        of partials (rows ``part_row`` elements apart; dw, db and lnp may point into one buffer).
         NORM: the input is LayerNorm(x) computed here; dx is through the norm, the tile's shares of
-        the norm's weight and bias gradients go to lnp[pid] and (not PARTIALS) LayerNorm(x) to xn."""
+        the norm's weight and bias gradients go to lnp's row and (not PARTIALS) LayerNorm(x) to xn."""
         pid = tl.program_id(0)
         rows = (pid * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)[:, None]
         rmask = rows < T
@@ -177,7 +179,11 @@ if _TRITON_IMPORT_ERROR is None:
         ch = tl.arange(0, BLOCK_HID)[None, :]
         co = tl.arange(0, BLOCK_OUT)[None, :]
         hmask = rmask & (ch < HID)
-        slot = pid * (L + 2)
+        slot = 0
+        prow = pid.to(tl.int64) * part_row
+        dw_ptr += prow
+        db_ptr += prow
+        lnp_ptr += prow
         dy = tl.load(dy_ptr + rows * OUT + co, mask=rmask & (co < OUT), other=0.0).to(tl.float32)
         if PARTIALS:
             h = tl.load(s_ptr + (L * T + rows) * HID + ch, mask=hmask, other=0.0)
@@ -218,8 +224,8 @@ if _TRITON_IMPORT_ERROR is None:
             dx += dh
         if NORM:  # dx is ∂loss/∂LayerNorm(x) so far
             cl = tl.arange(0, BLOCK_IN)
-            tl.store(lnp_ptr + (pid * 2) * BLOCK_IN + cl, tl.sum(dx * xhat, axis=0))
-            tl.store(lnp_ptr + (pid * 2 + 1) * BLOCK_IN + cl, tl.sum(dx, axis=0))
+            tl.store(lnp_ptr + cl, tl.sum(dx * xhat, axis=0))
+            tl.store(lnp_ptr + BLOCK_IN + cl, tl.sum(dx, axis=0))
             dxhat = dx * g
             c1 = tl.sum(dxhat * xhat, 1) / IN
             c2 = tl.sum(dxhat, 1) / IN
@@ -227,16 +233,30 @@ if _TRITON_IMPORT_ERROR is None:
         tl.store(dx_ptr + rows * IN + ci, dx.to(dx_ptr.dtype.element_ty), mask=xmask)
 
     @triton.jit
+    def _sum_rows_kernel(p_ptr, out_ptr, R, NC, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+        """out[c] = Σ_r p[r, c] for one block of columns of a row-major [R, NC] fp32 tensor, BLOCK_R
+        rows per load (the per-tile partials: a few hundred rows of a few ten thousand columns, where
+        a reduction parallel over the columns only would leave most SMs idle)."""
+        cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+        cmask = cols < NC
+        acc = tl.zeros([BLOCK_C], tl.float32)
+        for r0 in range(0, R, BLOCK_R):
+            r = (r0 + tl.arange(0, BLOCK_R)).to(tl.int64)
+            acc += tl.sum(tl.load(p_ptr + r[:, None] * NC + cols[None, :],
+                                  mask=(r < R)[:, None] & cmask[None, :], other=0.0), 0)
+        tl.store(out_ptr + cols, acc, mask=cmask)
+
+    @triton.jit
     def _mlp_wgrad_kernel(
-        a_ptr, b_ptr, dw_ptr, db_ptr, T, chunk, slot0, slots,
+        a_ptr, b_ptr, dw_ptr, db_ptr, T, chunk, slot0, part_row,
         A_WIDTH: tl.constexpr, B_WIDTH: tl.constexpr,
         BLOCK_T: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr,
         DOT_DTYPE: tl.constexpr, DOT_PREC: tl.constexpr,
     ):
         """Partial weight and bias gradients of one layer (axis 1) over one chunk of tokens (axis 0):
         Σ_t aᵀ b and Σ_t a, with a the layer's pre-activation gradients [T, A_WIDTH] and b its input
-        [T, B_WIDTH] (row-major; layer j's at offset j·T·width). Written to slot slot0 + j of the
-        chunk's [slots, BLOCK_A, BLOCK_B] / [slots, BLOCK_A] partials."""
+        [T, B_WIDTH] (row-major; layer j's at offset j·T·width). Written to layer slot slot0 + j
+        ([BLOCK_A, BLOCK_B] and [BLOCK_A]) of the chunk's row of partials (``part_row`` apart)."""
         pid = tl.program_id(0)
         j = tl.program_id(1)
         t0 = pid * chunk
@@ -254,11 +274,12 @@ if _TRITON_IMPORT_ERROR is None:
             b = tl.load(b_base + rows * B_WIDTH + cb, mask=m & (cb < B_WIDTH), other=0.0)
             acc += tl.dot(tl.trans(a.to(DOT_DTYPE)), b.to(DOT_DTYPE), input_precision=DOT_PREC)
             bias += tl.sum(a.to(tl.float32), axis=0)
-        slot = pid * slots + slot0 + j
+        slot = slot0 + j
+        prow = pid.to(tl.int64) * part_row
         ra = tl.arange(0, BLOCK_A)
         rb = tl.arange(0, BLOCK_B)
-        tl.store(dw_ptr + (slot * BLOCK_A + ra[:, None]) * BLOCK_B + rb[None, :], acc)
-        tl.store(db_ptr + slot * BLOCK_A + ra, bias)
+        tl.store(dw_ptr + prow + (slot * BLOCK_A + ra[:, None]) * BLOCK_B + rb[None, :], acc)
+        tl.store(db_ptr + prow + slot * BLOCK_A + ra, bias)
 
 
 def _block(width: int) -> int:
@@ -296,6 +317,21 @@ def _grad_blocks(IN: int, HID: int, OUT: int) -> Tuple[int, int]:
     return max(_block(HID), _block(OUT)), max(_block(IN), _block(HID))
 
 
+def _grad_sizes(IN: int, HID: int, OUT: int, L: int, norm: bool) -> Tuple[int, int, int]:
+    """Lengths of the weight, bias and norm parts of the backward's flat gradient tensor."""
+    ba, bb = _grad_blocks(IN, HID, OUT)
+    return (L + 2) * ba * bb, (L + 2) * ba, 2 * _block(IN) if norm else 0
+
+
+def split_grads(grads: torch.Tensor, IN: int, HID: int, OUT: int, L: int, norm: bool):
+    """The flat gradient tensor of the backward -> (dw [L+2, A, B], db [L+2, A], norm [2, IN] or None)
+    as views, A and B the padded widths (see ``_backward``)."""
+    ba, bb = _grad_blocks(IN, HID, OUT)
+    n_w, n_b, _ = _grad_sizes(IN, HID, OUT, L, norm)
+    dln = grads[n_w + n_b:].view(2, _block(IN))[:, :IN] if norm else None
+    return grads[:n_w].view(L + 2, ba, bb), grads[n_w:n_w + n_b].view(L + 2, ba), dln
+
+
 def _forward(x, w_in, b_in, w_hid, b_hid, w_out, b_out, ln_w, ln_b, eps, input_residual, output_residual,
              dot, save):
     T, IN, HID, OUT, L = _dims(x, w_in, w_hid, w_out)
@@ -320,9 +356,10 @@ def _forward(x, w_in, b_in, w_hid, b_hid, w_out, b_out, ln_w, ln_b, eps, input_r
 
 def _backward(dy, x, s, w_in, b_in, w_hid, b_hid, w_out, ln_w, ln_b, eps, input_residual, output_residual,
               dot):
-    """dx; the weight gradients of every layer as one zero-padded [L + 2, A, B] fp32 tensor (input
-    layer, hidden layers, output layer; A = padded max(HID, OUT), B = padded max(IN, HID)); the bias
-    gradients as [L + 2, A]; the input norm's weight and bias gradients as [2, IN] (empty without)."""
+    """dx, and every parameter gradient in one flat fp32 tensor (``split_grads`` takes it apart): the
+    weight gradients of every layer zero-padded to [L + 2, A, B] (input layer, hidden layers, output
+    layer; A = padded max(HID, OUT), B = padded max(IN, HID)), the bias gradients [L + 2, A], and,
+    with a norm, its weight and bias gradients [2, padded IN]."""
     T, IN, HID, OUT, L = _dims(x, w_in, w_hid, w_out)
     dot_dtype = _DTYPES[dot]
     bin_ = _block(IN)
@@ -330,34 +367,33 @@ def _backward(dy, x, s, w_in, b_in, w_hid, b_hid, w_out, ln_w, ln_b, eps, input_
     f32 = dict(device=x.device, dtype=torch.float32)
     norm = ln_w is not None
     dx = torch.empty_like(x)
+    n_w, n_b, n_ln = _grad_sizes(IN, HID, OUT, L, norm)
     if T == 0:
-        return (dx, torch.zeros((L + 2, ba, bb), **f32), torch.zeros((L + 2, ba), **f32),
-                torch.zeros((2, IN) if norm else (0,), **f32))
+        return dx, torch.zeros((n_w + n_b + n_ln,), **f32)
     dy = dy.contiguous()
     bt, warps = _tile(HID, _interpreting())
     dtl, prec = _dot_args(dot_dtype)
     tiles = triton.cdiv(T, bt)
-    lnp = torch.empty((tiles, 2, bin_) if norm else (0,), **f32)
     common = dict(L=L, BLOCK_T=bt, BLOCK_IN=bin_, BLOCK_HID=_block(HID), BLOCK_OUT=_block(OUT),
                   IN_RES=input_residual, OUT_RES=output_residual, NORM=norm, SLOT_A=ba, SLOT_B=bb,
                   DOT_DTYPE=dtl, DOT_PREC=prec, num_warps=warps)
     ln = (ln_w if norm else b_in, ln_b if norm else b_in, float(eps))
 
-    def norm_grads():
-        return lnp.sum(0)[:, :IN] if norm else lnp
-
     if tiles * (L + 2) * ba * bb * 4 <= PARTIALS_MAX_BYTES:
-        # few tokens: every program adds its tile's share of the weight gradients to its own slot
-        # (one launch instead of four, no pre-activation gradients written)
-        dwp = torch.empty((tiles, L + 2, ba, bb), **f32)
-        dbp = torch.empty((tiles, L + 2, ba), **f32)
-        _mlp_bwd_kernel[(tiles,)](x, dy, s, w_in, b_in, w_hid, b_hid, w_out, dx, dx, dwp, dbp, *ln, dx, lnp,
-                                  T, IN, HID, OUT, PARTIALS=True, **common)
-        return dx, dwp.sum(0), dbp.sum(0), norm_grads()
+        # few tokens: every program writes its tile's share of all weight, bias and norm gradients
+        # into its own row of one buffer, summed by one reduction (no pre-activation gradients written)
+        part = torch.empty((tiles, n_w + n_b + n_ln), **f32)
+        _mlp_bwd_kernel[(tiles,)](x, dy, s, w_in, b_in, w_hid, b_hid, w_out, dx, dx, part, part[:, n_w:], *ln, dx,
+                                  part[:, n_w + n_b:], part.shape[1], T, IN, HID, OUT, PARTIALS=True, **common)
+        grads = torch.empty((part.shape[1],), **f32)
+        _sum_rows_kernel[(triton.cdiv(part.shape[1], 128),)](part, grads, tiles, part.shape[1],
+                                                             BLOCK_R=32, BLOCK_C=128, num_warps=4)
+        return dx, grads
     da = torch.empty((L + 1, T, HID), device=x.device, dtype=dot_dtype)
     # with a norm the input layer's weight gradient needs LayerNorm(x): the backward kernel stores it
     xn = torch.empty((T, IN), device=x.device, dtype=dot_dtype) if norm else x
-    _mlp_bwd_kernel[(tiles,)](x, dy, s, w_in, b_in, w_hid, b_hid, w_out, dx, da, dx, dx, *ln, xn, lnp,
+    lnp = torch.empty((tiles, n_ln), **f32)
+    _mlp_bwd_kernel[(tiles,)](x, dy, s, w_in, b_in, w_hid, b_hid, w_out, dx, da, dx, dx, *ln, xn, lnp, n_ln,
                               T, IN, HID, OUT, PARTIALS=False, **common)
     # weight gradients: sums over the tokens, split into chunks so that every SM works; the chunks'
     # partials are summed by torch afterwards (deterministic, no atomics). Three launches: the input
@@ -376,8 +412,7 @@ def _backward(dy, x, s, w_in, b_in, w_hid, b_hid, w_out, ln_w, ln_b, eps, input_
     chunks = max(1, min(tiles, 2 * _sm_count(x.device)))
     chunk = triton.cdiv(tiles, chunks) * wt
     chunks = triton.cdiv(T, chunk)
-    dwp = torch.empty((chunks, L + 2, ba, bb), **f32)
-    dbp = torch.empty((chunks, L + 2, ba), **f32)
+    part = torch.empty((chunks, n_w + n_b), **f32)
     for a, b, a_width, b_width, slot0, layers in (
         (da, xn, HID, IN, 0, 1),  # input layer
         (da[1:], s, HID, HID, 1, L),  # hidden layers
@@ -385,11 +420,15 @@ def _backward(dy, x, s, w_in, b_in, w_hid, b_hid, w_out, ln_w, ln_b, eps, input_
     ):
         if layers:
             _mlp_wgrad_kernel[(chunks, layers)](
-                a, b, dwp, dbp, T, chunk, slot0, L + 2,
+                a, b, part, part[:, n_w:], T, chunk, slot0, part.shape[1],
                 A_WIDTH=a_width, B_WIDTH=b_width, BLOCK_T=wt, BLOCK_A=ba, BLOCK_B=bb,
                 DOT_DTYPE=dtl, DOT_PREC=prec, num_warps=4, num_stages=stages,
             )
-    return dx, dwp.sum(0), dbp.sum(0), norm_grads()
+    grads = torch.empty((n_w + n_b + n_ln,), **f32)
+    torch.sum(part, 0, out=grads[:n_w + n_b])
+    if norm:
+        torch.sum(lnp, 0, out=grads[n_w + n_b:])
+    return dx, grads
 
 
 @torch.library.custom_op("flare::fused_mlp_fwd", mutates_args=())
@@ -415,9 +454,8 @@ def _mlp_bwd_op(dy: torch.Tensor, x: torch.Tensor, s: torch.Tensor, w_in: torch.
                 b_in: torch.Tensor, w_hid: torch.Tensor, b_hid: torch.Tensor, w_out: torch.Tensor,
                 ln_w: Optional[torch.Tensor], ln_b: Optional[torch.Tensor], eps: float,
                 input_residual: bool, output_residual: bool, dot: str
-                ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dx, padded weight gradients [L+2, A, B], padded bias gradients [L+2, A], norm gradients
-    [2, IN] or empty); see ``_backward``."""
+                ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(dx, every parameter gradient in one flat fp32 tensor); see ``_backward`` and ``split_grads``."""
     return _backward(dy, x, s, w_in, b_in, w_hid, b_hid, w_out, ln_w, ln_b, eps, input_residual,
                      output_residual, dot)
 
@@ -425,10 +463,8 @@ def _mlp_bwd_op(dy: torch.Tensor, x: torch.Tensor, s: torch.Tensor, w_in: torch.
 @_mlp_bwd_op.register_fake
 def _(dy, x, s, w_in, b_in, w_hid, b_hid, w_out, ln_w, ln_b, eps, input_residual, output_residual, dot):
     _, IN, HID, OUT, L = _dims(x, w_in, w_hid, w_out)
-    ba, bb = _grad_blocks(IN, HID, OUT)
-    f32 = dict(dtype=torch.float32)
-    return (x.new_empty(x.shape), x.new_empty((L + 2, ba, bb), **f32), x.new_empty((L + 2, ba), **f32),
-            x.new_empty((2, IN) if ln_w is not None else (0,), **f32))
+    return x.new_empty(x.shape), x.new_empty((sum(_grad_sizes(IN, HID, OUT, L, ln_w is not None)),),
+                                             dtype=torch.float32)
 
 
 _FWD_ARGS = 14  # inputs of flare::fused_mlp_fwd
@@ -452,9 +488,10 @@ def _backward_rule(ctx, dy, _ds):
         return (None,) * _FWD_ARGS
     x, s, w_in, b_in, w_hid, b_hid, w_out, ln_w, ln_b = ctx.saved_tensors
     eps, input_residual, output_residual, dot = ctx.flags
-    dx, dw, db, dln = _mlp_bwd_op(dy, x, s, w_in, b_in, w_hid, b_hid, w_out, ln_w, ln_b, eps,
-                                  input_residual, output_residual, dot)
+    dx, grads = _mlp_bwd_op(dy, x, s, w_in, b_in, w_hid, b_hid, w_out, ln_w, ln_b, eps,
+                            input_residual, output_residual, dot)
     L, HID, IN, OUT = w_hid.shape[0], w_in.shape[0], w_in.shape[1], w_out.shape[0]
+    dw, db, dln = split_grads(grads, IN, HID, OUT, L, ln_w is not None)
     dln_w, dln_b = (dln[0], dln[1]) if ln_w is not None else (None, None)
     return (dx, dw[0, :HID, :IN], db[0, :HID], dw[1:L + 1, :HID, :HID], db[1:L + 1, :HID],
             dw[L + 1, :OUT, :HID], db[L + 1, :OUT], dln_w, dln_b) + (None,) * (_FWD_ARGS - 9)

@@ -20,14 +20,17 @@ forward
      -> Y and lse_scatter.
 backward
   4. ``_bwd_scatter_kernel``  grid (chunks, M-tiles, B·H): per-chunk partial dZ = Pᵀ dY and
-     dQ_scatter = dSᵀ K; also writes Δ_s = rowsum(dY ∘ Y).  Partials summed with torch.
-  5. ``_bwd_main_kernel``     grid (chunks, B·H): needs the full dZ; for each N-tile and every
+     dQ_scatter = dSᵀ K; also writes Δ_s = rowsum(dY ∘ Y).
+  5. ``_dz_finish_kernel``    grid (M-tiles, B·H): dZ = sum of the partials, Δ_g = rowsum(dZ ∘ Z).
+  6. ``_bwd_main_kernel``     grid (chunks, B·H): needs the full dZ; for each N-tile and every
      latent tile recomputes S = K Qᵀ once and from it both softmax matrices, giving
      dK = dK_scatter + dK_gather, dV, and per-chunk partial dQ_gather.
+  7. ``_dq_finish_kernel``    grid (M-tiles, heads of q): dQ = sum of both passes' partials (and
+     over the batch when q is shared).
 
 All log-sum-exp values kept between kernels are in base 2 (``lse2 = max·log2(e) + log2(sum)``)
 so that the kernels use ``exp2`` only.  Partials are written to private fp32 buffers and
-summed afterwards: results are deterministic (no atomics).
+summed afterwards in a fixed order: results are deterministic (no atomics).
 
 Tile sizes come from ``default_config`` (a heuristic table tuned on an H100, see
 benchmarks/NOTES-mixer.md); ``flare_mixer_triton_impl`` accepts a ``MixerConfig`` and a forced
@@ -404,7 +407,9 @@ if _TRITON_IMPORT_ERROR is None:
                 lse_gt = tl.load(LSE_G + zrow0 + offs_m, mask=m_mask, other=float("inf"))
                 delta_gt = tl.load(DELTA_G + zrow0 + offs_m, mask=m_mask, other=0.0)
                 dq_ptrs = dq_base + offs_m[:, None] * D + offs_d[None, :]
-                dqt = tl.load(dq_ptrs, mask=md_mask, other=0.0)
+                # the chunk's first token tile finds the partial unwritten: start from zero there
+                seen = (offs_m * 0 + start) > n_start
+                dqt = tl.load(dq_ptrs, mask=md_mask & seen[:, None], other=0.0)
                 dk, dv, dqt = _bwd_tile(k, v, dy, lse_s, delta_s, n_mask, qt, zt, dzt, lse_gt, delta_gt, m_mask,
                                         dk, dv, dqt, MASK, DOT_PREC)
                 tl.store(dq_ptrs, dqt, mask=md_mask)
@@ -493,6 +498,54 @@ if _TRITON_IMPORT_ERROR is None:
             tl.store(dq_base + offs_mt[:, None] * D + offs_d[None, :], dq, mask=md_mask)
 
 
+    @triton.jit
+    def _dz_finish_kernel(DZP, Z, DZ, DELTA_G, M, D: tl.constexpr, C,
+                          BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr):
+        """dZ = Σ over the pass-1 chunks of the partial dZ (BLOCK_C chunks per load, so the loads
+        are in flight together), and Δ_g = rowsum(dZ ∘ Z), in one launch."""
+        pid_m = tl.program_id(0)
+        bh = tl.program_id(1).to(tl.int64)
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, BLOCK_D)
+        md_mask = (offs_m < M)[:, None] & (offs_d < D)[None, :]
+        tile = offs_m[:, None] * D + offs_d[None, :]
+        offs_c = tl.arange(0, BLOCK_C)[:, None, None]
+        dz = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+        for c0 in range(0, C, BLOCK_C):
+            c = c0 + offs_c
+            part = tl.load(DZP + (bh * C + c) * M * D + tile[None, :, :], mask=(c < C) & md_mask[None, :, :],
+                           other=0.0)
+            dz += tl.sum(part, 0)
+        z = tl.load(Z + bh * M * D + tile, mask=md_mask, other=0.0)
+        tl.store(DZ + bh * M * D + tile, dz, mask=md_mask)
+        tl.store(DELTA_G + bh * M + offs_m, tl.sum(dz * z, 1), mask=offs_m < M)
+
+    @triton.jit
+    def _sum_partials(P, q_head, H, C, BATCHES, MD, cols, cmask, acc, BLOCK_R: tl.constexpr):
+        """acc + Σ over batches b < BATCHES and chunks c < C of P[(b·H + q_head)·C + c, cols], each
+        partial a row of MD values; BLOCK_R rows per load."""
+        rows = BATCHES * C
+        for r0 in range(0, rows, BLOCK_R):
+            r = r0 + tl.arange(0, BLOCK_R)
+            row = ((r // C) * H + q_head).to(tl.int64) * C + r % C
+            part = tl.load(P + row[:, None] * MD + cols[None, :], mask=(r < rows)[:, None] & cmask[None, :],
+                           other=0.0)
+            acc += tl.sum(part, 0)
+        return acc
+
+    @triton.jit
+    def _dq_finish_kernel(DQP1, DQP2, DQ, H, MD, C1, C2, BATCHES,
+                          BLOCK: tl.constexpr, BLOCK_R: tl.constexpr):
+        """dQ of one query head (BLOCK of its M·D values): the partials of both backward passes summed
+        over their chunks and, when q is shared over the batch (BATCHES = B), over the batch."""
+        cols = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        q_head = tl.program_id(1)  # b·H + h when q has a batch dim (BATCHES = 1), else h
+        cmask = cols < MD
+        dq = tl.zeros([BLOCK], tl.float32)
+        dq = _sum_partials(DQP1, q_head, H, C1, BATCHES, MD, cols, cmask, dq, BLOCK_R)
+        dq = _sum_partials(DQP2, q_head, H, C2, BATCHES, MD, cols, cmask, dq, BLOCK_R)
+        tl.store(DQ + q_head.to(tl.int64) * MD + cols, dq.to(DQ.dtype.element_ty), mask=cmask)
+
 # --------------------------------------------------------------------------------------------
 # Launch configuration
 # --------------------------------------------------------------------------------------------
@@ -548,11 +601,14 @@ def default_config(M: int, D: int, N: int, dtype: torch.dtype, interpret: bool =
         if bd <= 16:
             bm = _clamp_pow2(M, 16, 64)
             # TF32 dots need fewer registers than the FMA-path "ieee" ones: twice the latent tile
-            # in the backward's first pass (0.30 -> 0.15 ms at the Darcy size)
-            bwd_scatter = (KernelCfg(bm, 64, 4, 2) if fp32_precision == "tf32"
+            # in the backward's first pass (0.30 -> 0.15 ms at the Darcy size). Two programs per SM for the split over tokens of
+            # the gather and this pass: at the Darcy size that is 3 chunks, one full wave of 384
+            # programs at 3 resident per SM, where 4 programs per SM meant 1.3 or 1.6 waves
+            # (gather 0.064 -> 0.055 ms, pass 1 0.143 -> 0.125 ms, H100)
+            bwd_scatter = (KernelCfg(bm, 64, 4, 2, programs_per_sm=2) if fp32_precision == "tf32"
                            else KernelCfg(_clamp_pow2(M, 16, 32), 32, 4, 2))
             return MixerConfig(
-                gather=KernelCfg(bm, 64, 4, 3, programs_per_sm=8), scatter=KernelCfg(bm, 64, 4, 2, programs_per_sm=8),
+                gather=KernelCfg(bm, 64, 4, 3, programs_per_sm=2), scatter=KernelCfg(bm, 64, 4, 2, programs_per_sm=8),
                 bwd_scatter=bwd_scatter, bwd_main=KernelCfg(bm, 64, 4, 2),
             )
         bm = _clamp_pow2(M, 16, 32)
@@ -580,6 +636,8 @@ def default_config(M: int, D: int, N: int, dtype: torch.dtype, interpret: bool =
         scatter = KernelCfg(128, 128, 8, 2, programs_per_sm=8)
         bwd_scatter = KernelCfg(_clamp_pow2(M, 16, 256), 64, 8, 2)
     else:
+        # (2 programs per SM, i.e. 17 chunks at N = 2^20, M = 256, H = 8, put 3 programs on 8 SMs and
+        # cost 0.37 ms; 16 chunks, 256 programs, measured 0.872 against 0.903 ms for gather + merge)
         gather = KernelCfg(128, 64, 4, 3, programs_per_sm=8)
         scatter = KernelCfg(64, 128, 4, 2, programs_per_sm=8)
         bwd_scatter = KernelCfg(128, 64, 8, 3)
@@ -590,6 +648,8 @@ def default_config(M: int, D: int, N: int, dtype: torch.dtype, interpret: bool =
 
 # last compiled kernel handle per stage (register / spill report for the benchmark script)
 LAST_LAUNCH: dict = {}
+# number of N-chunks of the last launch per stage (benchmarks)
+LAST_CHUNKS: dict = {}
 
 
 def _split_n(N: int, block_n: int, want: int) -> Tuple[int, int]:
@@ -648,6 +708,7 @@ def _run_gather(q, k, v, cfg: MixerConfig, num_chunks: Optional[int] = None):
     mp = torch.empty((BH, C, M), **f32)
     lp = torch.empty((BH, C, M), **f32)
     ap = torch.empty((BH, C, M, D), **f32)
+    LAST_CHUNKS["gather_fwd_kernel"] = C
     LAST_LAUNCH["gather_fwd_kernel"] = _gather_fwd_kernel[(C, n_mt, BH)](
         q, k, v, mp, lp, ap,
         *_q_strides(q), *k.stride(), *v.stride(),
@@ -672,6 +733,7 @@ def _run_scatter(q, k, z, cfg: MixerConfig, num_chunks: Optional[int] = None):
     lse_s = torch.empty((B * H, N), device=k.device, dtype=torch.float32)
     want = num_chunks if num_chunks is not None else _want_chunks(cfg, s, N, B * H, _sm_count(k.device))
     C, chunk_len = _split_n(N, s.block_n, want)
+    LAST_CHUNKS["scatter_fwd_kernel"] = C
     LAST_LAUNCH["scatter_fwd_kernel"] = _scatter_fwd_kernel[(C, B * H)](
         q, k, z, y, lse_s,
         *_q_strides(q), *k.stride(),
@@ -684,7 +746,8 @@ def _run_scatter(q, k, z, cfg: MixerConfig, num_chunks: Optional[int] = None):
 
 
 def _run_bwd_scatter(q, k, z, y, lse_s, dy, cfg: MixerConfig, num_chunks: Optional[int] = None):
-    """Pass 1 -> dZ [B·H, M, D], Δ_gather [B·H, M], dQ_scatter [B·H, M, D] (fp32), Δ_scatter [B·H, N]."""
+    """Pass 1 -> dZ [B·H, M, D], Δ_gather [B·H, M], the chunks' dQ_scatter partials [B·H, C1, M, D]
+    (fp32), Δ_scatter [B·H, N]."""
     B, H, M, N, D, bd = _dims(q, k)
     BH = B * H
     f32 = dict(device=k.device, dtype=torch.float32)
@@ -695,6 +758,7 @@ def _run_bwd_scatter(q, k, z, y, lse_s, dy, cfg: MixerConfig, num_chunks: Option
     delta_s = torch.empty((BH, N), **f32)
     dzp = torch.empty((BH, C1, M, D), **f32)
     dqp = torch.empty((BH, C1, M, D), **f32)
+    LAST_CHUNKS["bwd_scatter_kernel"] = C1
     LAST_LAUNCH["bwd_scatter_kernel"] = _bwd_scatter_kernel[(C1, n_mt, BH)](
         q, k, z, dy, y, lse_s, delta_s, dzp, dqp,
         *_q_strides(q), *k.stride(), *dy.stride(),
@@ -702,15 +766,17 @@ def _run_bwd_scatter(q, k, z, y, lse_s, dy, cfg: MixerConfig, num_chunks: Option
         BLOCK_M=c1.block_m, BLOCK_N=c1.block_n, BLOCK_D=bd, DOT_PREC=_dot_precision(k.dtype, cfg),
         num_warps=c1.num_warps, num_stages=c1.num_stages,
     )
-    dz = (dzp.sum(1) if C1 > 1 else dzp[:, 0]).contiguous()
-    dq_s = dqp.sum(1) if C1 > 1 else dqp[:, 0]
-    delta_g = (dz * z).sum(-1).contiguous()  # Δ_g = rowsum(dZ ∘ Z)
-    return dz, delta_g, dq_s, delta_s
+    dz = torch.empty((BH, M, D), **f32)
+    delta_g = torch.empty((BH, M), **f32)
+    fbm = cfg.merge_block_m
+    _dz_finish_kernel[(-(-M // fbm), BH)](dzp, z, dz, delta_g, M, D, C1, BLOCK_M=fbm, BLOCK_D=bd,
+                                          BLOCK_C=min(8, _next_pow2(C1)), num_warps=4)
+    return dz, delta_g, dqp, delta_s
 
 
 def _run_bwd_main(q, k, v, z, dz, dy, lse_g, delta_g, lse_s, delta_s, cfg: MixerConfig,
                   num_chunks: Optional[int] = None):
-    """Pass 2 -> dK, dV [B, H, N, D] (input dtype), dQ_gather [B·H, M, D] fp32."""
+    """Pass 2 -> dK, dV [B, H, N, D] (input dtype), the chunks' dQ_gather partials [B·H, C2, M, D] fp32."""
     B, H, M, N, D, bd = _dims(q, k)
     BH = B * H
     c2 = cfg.bwd_main
@@ -719,7 +785,8 @@ def _run_bwd_main(q, k, v, z, dz, dy, lse_g, delta_g, lse_s, delta_s, cfg: Mixer
     C2, chunk2 = _split_n(N, c2.block_n, want)
     dk = torch.empty((B, H, N, D), device=k.device, dtype=k.dtype)
     dv = torch.empty((B, H, N, D), device=k.device, dtype=v.dtype)
-    dqp = (torch.empty if one_tile else torch.zeros)((BH, C2, M, D), device=k.device, dtype=torch.float32)
+    dqp = torch.empty((BH, C2, M, D), device=k.device, dtype=torch.float32)
+    LAST_CHUNKS["bwd_main_kernel"] = C2
     LAST_LAUNCH["bwd_main_kernel"] = _bwd_main_kernel[(C2, BH)](
         q, k, v, z, dz, dy, lse_g, delta_g, lse_s, delta_s, dk, dv, dqp,
         *_q_strides(q), *k.stride(), *v.stride(), *dy.stride(),
@@ -728,8 +795,7 @@ def _run_bwd_main(q, k, v, z, dz, dy, lse_g, delta_g, lse_s, delta_s, cfg: Mixer
         DOT_PREC=_dot_precision(k.dtype, cfg),
         num_warps=c2.num_warps, num_stages=c2.num_stages,
     )
-    dq_g = dqp.sum(1) if C2 > 1 else dqp[:, 0]
-    return dk, dv, dq_g
+    return dk, dv, dqp
 
 
 def _forward(q, k, v, cfg: MixerConfig, num_chunks: Optional[int]):
@@ -741,13 +807,17 @@ def _forward(q, k, v, cfg: MixerConfig, num_chunks: Optional[int]):
 def _backward(q, k, v, y, z, lse_g, lse_s, dy, cfg: MixerConfig, num_chunks: Optional[int]):
     if dy.dtype != k.dtype:
         dy = dy.to(k.dtype)
-    dz, delta_g, dq_s, delta_s = _run_bwd_scatter(q, k, z, y, lse_s, dy, cfg, num_chunks)
-    dk, dv, dq_g = _run_bwd_main(q, k, v, z, dz, dy, lse_g, delta_g, lse_s, delta_s, cfg, num_chunks)
-    B, H, N, D = k.shape
-    dq = (dq_s + dq_g).view(B, H, q.shape[-2], D)
-    if q.dim() == 3:
-        dq = dq.sum(0)
-    return dq.to(q.dtype), dk, dv
+    dz, delta_g, dqp1, delta_s = _run_bwd_scatter(q, k, z, y, lse_s, dy, cfg, num_chunks)
+    dk, dv, dqp2 = _run_bwd_main(q, k, v, z, dz, dy, lse_g, delta_g, lse_s, delta_s, cfg, num_chunks)
+    B, H, M, N, D, _ = _dims(q, k)
+    shared = q.dim() == 3
+    dq = torch.empty(q.shape, device=q.device, dtype=q.dtype)
+    block = 256  # of the M·D values of one head: a few programs per head, 16 partial rows per load
+    _dq_finish_kernel[(-(-(M * D) // block), H if shared else B * H)](
+        dqp1, dqp2, dq, H, M * D, dqp1.shape[1], dqp2.shape[1], B if shared else 1,
+        BLOCK=block, BLOCK_R=16, num_warps=4,
+    )
+    return dq, dk, dv
 
 
 class _FlareMixerTriton(torch.autograd.Function):

@@ -15,7 +15,7 @@ hidden and output layers, in the dot dtype); the backward kernel recomputes each
 them with one small dot and runs the chain of input gradients in registers. The weight and bias
 gradients are sums over the tokens: with few tokens every backward program writes its tile's share
 into its own partial slot; with many, the backward writes the pre-activation gradients and a
-split-token kernel sums them per chunk of tokens. Either way torch sums the partials afterwards
+split-token kernel sums them per chunk of tokens. Either way the partials are summed afterwards
 (deterministic, no atomics). See benchmarks/NOTES-mlp.md for measurements and a known fault (16-bit
 dots with an input narrower than the hidden layers are refused).
 

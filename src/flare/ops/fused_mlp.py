@@ -233,20 +233,6 @@ if _TRITON_IMPORT_ERROR is None:
         tl.store(dx_ptr + rows * IN + ci, dx.to(dx_ptr.dtype.element_ty), mask=xmask)
 
     @triton.jit
-    def _sum_rows_kernel(p_ptr, out_ptr, R, NC, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-        """out[c] = Σ_r p[r, c] for one block of columns of a row-major [R, NC] fp32 tensor, BLOCK_R
-        rows per load (the per-tile partials: a few hundred rows of a few ten thousand columns, where
-        a reduction parallel over the columns only would leave most SMs idle)."""
-        cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
-        cmask = cols < NC
-        acc = tl.zeros([BLOCK_C], tl.float32)
-        for r0 in range(0, R, BLOCK_R):
-            r = (r0 + tl.arange(0, BLOCK_R)).to(tl.int64)
-            acc += tl.sum(tl.load(p_ptr + r[:, None] * NC + cols[None, :],
-                                  mask=(r < R)[:, None] & cmask[None, :], other=0.0), 0)
-        tl.store(out_ptr + cols, acc, mask=cmask)
-
-    @triton.jit
     def _mlp_wgrad_kernel(
         a_ptr, b_ptr, dw_ptr, db_ptr, T, chunk, slot0, part_row,
         A_WIDTH: tl.constexpr, B_WIDTH: tl.constexpr,
@@ -381,14 +367,11 @@ def _backward(dy, x, s, w_in, b_in, w_hid, b_hid, w_out, ln_w, ln_b, eps, input_
 
     if tiles * (L + 2) * ba * bb * 4 <= PARTIALS_MAX_BYTES:
         # few tokens: every program writes its tile's share of all weight, bias and norm gradients
-        # into its own row of one buffer, summed by one reduction (no pre-activation gradients written)
+        # into its own row of one buffer, summed by one torch reduction (no pre-activation gradients written)
         part = torch.empty((tiles, n_w + n_b + n_ln), **f32)
         _mlp_bwd_kernel[(tiles,)](x, dy, s, w_in, b_in, w_hid, b_hid, w_out, dx, dx, part, part[:, n_w:], *ln, dx,
                                   part[:, n_w + n_b:], part.shape[1], T, IN, HID, OUT, PARTIALS=True, **common)
-        grads = torch.empty((part.shape[1],), **f32)
-        _sum_rows_kernel[(triton.cdiv(part.shape[1], 128),)](part, grads, tiles, part.shape[1],
-                                                             BLOCK_R=32, BLOCK_C=128, num_warps=4)
-        return dx, grads
+        return dx, part.sum(0)
     da = torch.empty((L + 1, T, HID), device=x.device, dtype=dot_dtype)
     # with a norm the input layer's weight gradient needs LayerNorm(x): the backward kernel stores it
     xn = torch.empty((T, IN), device=x.device, dtype=dot_dtype) if norm else x

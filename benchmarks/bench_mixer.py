@@ -216,7 +216,6 @@ def launch_report(key):
 def run_chunk_sweep(case, args, rows, base, stage, names):
     """Time each stage with its default tiles and a forced number of N-chunks (programs per latent tile
     and head), beside the chunk count the launcher picks itself."""
-    from flare.ops._triton import triton as _triton
     B, H, M, N, D = case["B"], case["H"], case["M"], case["N"], case["D"]
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     for name in names:
@@ -229,7 +228,6 @@ def run_chunk_sweep(case, args, rows, base, stage, names):
             if nc is not None and nc > tiles:
                 continue
             ms = do_bench(lambda: fn(base, nc), warmup=args.warmup, rep=args.rep)
-            h = tm.LAST_LAUNCH.get(key)
             grid_c = tm.LAST_CHUNKS.get(key, "?")
             print(f"  {name:>11} chunks={'auto' if nc is None else nc:>5} -> C={grid_c} programs="
                   f"{grid_c * others if isinstance(grid_c, int) else '?'} ({sms} SMs) tiles/head={tiles}: "

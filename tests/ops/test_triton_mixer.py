@@ -102,7 +102,6 @@ def test_many_latent_tiles_config(M):
     check(q, k, v, dy, tol=1e-5, config=SMALL_TILES, num_chunks=3)
 
 
-
 @pytest.mark.parametrize("shared_q", [True, False])
 def test_backward_finishing_sums_many_partials(shared_q):
     """More pass-1 chunks than dZ's finishing kernel loads at once (9 > 8) and, with q shared over
@@ -111,6 +110,7 @@ def test_backward_finishing_sums_many_partials(shared_q):
     q, k, v, dy = make_inputs(2, 1, 50, 400, 8, shared_q, torch.float32, seed=5)
     assert tm._split_n(400, SMALL_TILES.bwd_main.block_n, 12) == (9, 48)
     check(q, k, v, dy, tol=1e-5, config=SMALL_TILES, num_chunks=12)
+
 
 def test_non_contiguous_inputs():
     B, H, M, N, D = 2, 2, 20, 60, 16

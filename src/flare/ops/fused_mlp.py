@@ -179,7 +179,6 @@ if _TRITON_IMPORT_ERROR is None:
         ch = tl.arange(0, BLOCK_HID)[None, :]
         co = tl.arange(0, BLOCK_OUT)[None, :]
         hmask = rmask & (ch < HID)
-        slot = 0
         prow = pid.to(tl.int64) * part_row
         dw_ptr += prow
         db_ptr += prow
@@ -187,7 +186,7 @@ if _TRITON_IMPORT_ERROR is None:
         dy = tl.load(dy_ptr + rows * OUT + co, mask=rmask & (co < OUT), other=0.0).to(tl.float32)
         if PARTIALS:
             h = tl.load(s_ptr + (L * T + rows) * HID + ch, mask=hmask, other=0.0)
-            _partial_wgrad(dw_ptr, db_ptr, slot + L + 1, dy, h, BLOCK_OUT, BLOCK_HID, SLOT_A, SLOT_B,
+            _partial_wgrad(dw_ptr, db_ptr, L + 1, dy, h, BLOCK_OUT, BLOCK_HID, SLOT_A, SLOT_B,
                            DOT_DTYPE, DOT_PREC)
         w = _load_w(w_out, OUT, HID, BLOCK_OUT, BLOCK_HID).to(DOT_DTYPE)
         dh = tl.dot(dy.to(DOT_DTYPE), w, input_precision=DOT_PREC)  # ∂loss/∂h_L
@@ -200,7 +199,7 @@ if _TRITON_IMPORT_ERROR is None:
                         BLOCK_HID, BLOCK_HID, DOT_DTYPE, DOT_PREC)
             da = dh * _gelu_grad(a)
             if PARTIALS:
-                _partial_wgrad(dw_ptr, db_ptr, slot + 1 + layer, da, h, BLOCK_HID, BLOCK_HID, SLOT_A, SLOT_B,
+                _partial_wgrad(dw_ptr, db_ptr, 1 + layer, da, h, BLOCK_HID, BLOCK_HID, SLOT_A, SLOT_B,
                                DOT_DTYPE, DOT_PREC)
             else:
                 tl.store(da_ptr + ((layer + 1) * T + rows) * HID + ch, da.to(da_ptr.dtype.element_ty), mask=hmask)
@@ -215,7 +214,7 @@ if _TRITON_IMPORT_ERROR is None:
         a = _linear(x, w_in, b_in, HID, IN, BLOCK_IN, BLOCK_HID, DOT_DTYPE, DOT_PREC)
         da = dh * _gelu_grad(a)
         if PARTIALS:
-            _partial_wgrad(dw_ptr, db_ptr, slot, da, x, BLOCK_HID, BLOCK_IN, SLOT_A, SLOT_B, DOT_DTYPE, DOT_PREC)
+            _partial_wgrad(dw_ptr, db_ptr, 0, da, x, BLOCK_HID, BLOCK_IN, SLOT_A, SLOT_B, DOT_DTYPE, DOT_PREC)
         else:
             tl.store(da_ptr + rows * HID + ch, da.to(da_ptr.dtype.element_ty), mask=hmask)
         w = _load_w(w_in, HID, IN, BLOCK_HID, BLOCK_IN).to(DOT_DTYPE)

@@ -25,8 +25,8 @@ backward
   6. ``_bwd_main_kernel``     grid (chunks, B·H): needs the full dZ; for each N-tile and every
      latent tile recomputes S = K Qᵀ once and from it both softmax matrices, giving
      dK = dK_scatter + dK_gather, dV, and per-chunk partial dQ_gather.
-  7. ``_dq_finish_kernel``    grid (M-tiles, heads of q): dQ = sum of both passes' partials (and
-     over the batch when q is shared).
+  7. ``_dq_finish_kernel``    grid (blocks of a head's M·D values, heads of q): dQ = sum of both
+     passes' partials (and over the batch when q is shared).
 
 All log-sum-exp values kept between kernels are in base 2 (``lse2 = max·log2(e) + log2(sum)``)
 so that the kernels use ``exp2`` only.  Partials are written to private fp32 buffers and
@@ -497,7 +497,6 @@ if _TRITON_IMPORT_ERROR is None:
         if ONE_M_TILE:
             tl.store(dq_base + offs_mt[:, None] * D + offs_d[None, :], dq, mask=md_mask)
 
-
     @triton.jit
     def _dz_finish_kernel(DZP, Z, DZ, DELTA_G, M, D: tl.constexpr, C,
                           BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr):
@@ -545,6 +544,7 @@ if _TRITON_IMPORT_ERROR is None:
         dq = _sum_partials(DQP1, q_head, H, C1, BATCHES, MD, cols, cmask, dq, BLOCK_R)
         dq = _sum_partials(DQP2, q_head, H, C2, BATCHES, MD, cols, cmask, dq, BLOCK_R)
         tl.store(DQ + q_head.to(tl.int64) * MD + cols, dq.to(DQ.dtype.element_ty), mask=cmask)
+
 
 # --------------------------------------------------------------------------------------------
 # Launch configuration
@@ -601,10 +601,10 @@ def default_config(M: int, D: int, N: int, dtype: torch.dtype, interpret: bool =
         if bd <= 16:
             bm = _clamp_pow2(M, 16, 64)
             # TF32 dots need fewer registers than the FMA-path "ieee" ones: twice the latent tile
-            # in the backward's first pass (0.30 -> 0.15 ms at the Darcy size). Two programs per SM for the split over tokens of
-            # the gather and this pass: at the Darcy size that is 3 chunks, one full wave of 384
-            # programs at 3 resident per SM, where 4 programs per SM meant 1.3 or 1.6 waves
-            # (gather 0.064 -> 0.055 ms, pass 1 0.143 -> 0.125 ms, H100)
+            # in the backward's first pass (0.30 -> 0.15 ms at the Darcy size). Two programs per SM
+            # for the split over tokens of the gather and this pass: at the Darcy size that is 3
+            # chunks, one full wave of 384 programs at 3 resident per SM, where 4 programs per SM
+            # meant 1.3 or 1.6 waves (gather 0.064 -> 0.055 ms, pass 1 0.143 -> 0.125 ms, H100)
             bwd_scatter = (KernelCfg(bm, 64, 4, 2, programs_per_sm=2) if fp32_precision == "tf32"
                            else KernelCfg(_clamp_pow2(M, 16, 32), 32, 4, 2))
             return MixerConfig(

@@ -65,17 +65,21 @@ class ResidualMLP(nn.Module):
 
         return fused_mlp_supports(x, self.fc_in.in_features, self.fc_in.out_features, self.fc_out.out_features)
 
+    @staticmethod
+    def _kernel_norm(x: torch.Tensor, norm: Optional[nn.Module]) -> bool:
+        # the kernels take a LayerNorm over the input features, with weight and bias
+        return (isinstance(norm, nn.LayerNorm) and norm.elementwise_affine
+                and norm.bias is not None and tuple(norm.normalized_shape) == (x.shape[-1],))
+
     def fuses_norm(self, x: torch.Tensor, norm: Optional[nn.Module]) -> bool:
         """Whether ``forward(x, norm)`` computes ``norm`` inside the fused kernels (a LayerNorm over
         the input features, with weight and bias) rather than applying it first."""
-        return (isinstance(norm, nn.LayerNorm) and norm.elementwise_affine
-                and norm.bias is not None and tuple(norm.normalized_shape) == (x.shape[-1],)
-                and self.uses_fused(x))
+        return self._kernel_norm(x, norm) and self.uses_fused(x)
 
     def forward(self, x: torch.Tensor, norm: Optional[nn.Module] = None) -> torch.Tensor:
         """``self(norm(x))``; see ``fuses_norm``."""
         fused = self.uses_fused(x)
-        if norm is not None and not self.fuses_norm(x, norm):
+        if norm is not None and not (fused and self._kernel_norm(x, norm)):
             x, norm = norm(x), None
         if self.single_linear:
             return self.fc_out(x)

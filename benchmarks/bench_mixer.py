@@ -26,7 +26,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
+# the repository's package unless PYTHONPATH names another copy first (A/B runs against a baseline)
+sys.path.append(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 
 from flare.ops.reference import flare_mixer_reference  # noqa: E402
 from flare.ops import triton_mixer as tm  # noqa: E402
@@ -183,7 +184,8 @@ def tune_candidates(M, D, dtype):
             "bwd_scatter": [KC(32, 32, 4, 2), KC(64, 16, 4, 2), KC(32, 64, 4, 2), KC(32, 64, 4, 3),
                             KC(64, 64, 4, 2), KC(16, 64, 4, 2), KC(32, 128, 4, 2), KC(64, 32, 4, 3, 8)],
             "bwd_main": [KC(32, 64, 4, 2), KC(32, 32, 4, 2), KC(64, 32, 4, 2), KC(32, 128, 4, 2),
-                         KC(64, 64, 4, 2), KC(16, 128, 4, 2), KC(32, 64, 4, 3, 8)],
+                         KC(64, 64, 4, 2), KC(16, 128, 4, 2), KC(32, 64, 4, 3, 8), KC(64, 64, 4, 3),
+                         KC(64, 64, 4, 1), KC(64, 64, 4, 2, 8)],
         }
     if M <= 64:
         return {
@@ -200,9 +202,8 @@ def tune_candidates(M, D, dtype):
                     KC(256, 64, 8, 2, 8), KC(256, 32, 4, 2, 8), KC(64, 64, 4, 2, 8), KC(64, 64, 4, 3, 16),
                     KC(128, 128, 8, 2, 8), KC(64, 256, 8, 2, 4), KC(32, 128, 4, 2, 8), KC(64, 128, 4, 2, 16)],
         "bwd_scatter": [KC(128, 64, 8, 2), KC(128, 64, 8, 3), KC(64, 64, 4, 2), KC(256, 64, 8, 2)],
-        "bwd_main": [KC(64, 64, 4, 2), KC(64, 64, 4, 3), KC(128, 64, 8, 2), KC(32, 64, 4, 2),
-                     KC(64, 32, 4, 3), KC(64, 128, 4, 2), KC(64, 128, 8, 2), KC(64, 64, 8, 3),
-                     KC(128, 32, 4, 2), KC(64, 64, 4, 4), KC(64, 32, 2, 3)],
+        "bwd_main": [KC(64, 64, 4, 2), KC(64, 64, 4, 3), KC(64, 64, 4, 1), KC(32, 64, 4, 2),
+                     KC(64, 32, 4, 3), KC(64, 128, 8, 2), KC(64, 64, 4, 2, 8)],
     }
 
 
@@ -268,10 +269,15 @@ def run_tune(case, args, rows):
         if name in ("gather", "scatter", "bwd_main"):
             variants += [dataclasses.replace(default_kc, programs_per_sm=p) for p in (2, 8)]
         variants.insert(0, default_kc)
-        variants = list(dict.fromkeys(variants))  # default first, no repeats
-        for kc in variants:
+        variants = [(kc, {}) for kc in dict.fromkeys(variants)]  # default first, no repeats
+        if name == "bwd_main":
+            # the other dQ path of the second pass for tiles where both exist (2 to 4 latent tiles)
+            other = 0 if base.bwd_main_dq_tiles else 4
+            variants = [v_ for kc, e in variants for v_ in
+                        ([(kc, e), (kc, {"bwd_main_dq_tiles": other})] if 1 < -(-M // kc.block_m) <= 4 else [(kc, e)])]
+        for kc, extra in variants:
             pps = kc.programs_per_sm if kc.programs_per_sm is not None else base.programs_per_sm
-            cfg = dataclasses.replace(base, **{name: kc})
+            cfg = dataclasses.replace(base, **{name: kc}, **extra)
             try:
                 out = fn(cfg)
                 err = rel_err(pick(out), ref_out[name])
@@ -279,12 +285,14 @@ def run_tune(case, args, rows):
                 rep = launch_report(key)
             except Exception as exc:  # noqa: BLE001 - a config may fail to compile (shared memory)
                 ms, err, rep = float("nan"), float("nan"), f"failed: {type(exc).__name__}: {str(exc)[:80]}"
-            tag = "*" if kc == default_kc else " "
+            tag = "*" if kc == default_kc and not extra else " "
+            more = "".join(f" {k_}={v_}" for k_, v_ in extra.items())
             print(f"  {tag}{name:>11} bm={kc.block_m:<4d} bn={kc.block_n:<4d} w={kc.num_warps} s={kc.num_stages} "
-                  f"pps={pps}: {ms:8.4f} ms  err-vs-default {err:.1e}  {rep}", flush=True)
+                  f"pps={pps}{more}: {ms:8.4f} ms  err-vs-default {err:.1e}  {rep}", flush=True)
             rows.append(dict(case=case["name"], dtype=str(dtype).replace("torch.", ""), B=B, H=H, M=M, N=N, D=D,
                              impl=f"tune:{name}:bm{kc.block_m}:bn{kc.block_n}:w{kc.num_warps}:s{kc.num_stages}"
-                                  f":pps{pps}", mode=name, ms=ms, peak_extra_mib=float("nan"),
+                                  f":pps{pps}" + "".join(f":{k_}{v_}" for k_, v_ in extra.items()),
+                             mode=name, ms=ms, peak_extra_mib=float("nan"),
                              hbm_floor_ms=float("nan")))
     # whole pipeline with the default tiles (and, for fp32, other dot precisions), vs float64
     variants = [("default", base)]

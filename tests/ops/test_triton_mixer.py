@@ -1,5 +1,7 @@
 """Correctness of the fused Triton FLARE mixer against the explicit float64 reference; on the CPU
 under the Triton interpreter (see tests/ops/kernels.py)."""
+import dataclasses
+
 import pytest
 import torch
 
@@ -94,22 +96,31 @@ SMALL_TILES = tm.MixerConfig(
 )
 
 
+# dQ tiles of pass 2 in registers (3 or 4 latent tiles of 16 here) or in memory (the path for more tiles)
+DQ_TILES = {"dq-registers": 4, "dq-memory": 0}
+
+
+@pytest.mark.parametrize("dq_tiles", DQ_TILES.values(), ids=DQ_TILES.keys())
 @pytest.mark.parametrize("M", [48, 50])
-def test_many_latent_tiles_config(M):
-    """Latents spread over several tiles in every kernel (multi-tile dQ path of the main
+def test_many_latent_tiles_config(M, dq_tiles):
+    """Latents spread over several tiles in every kernel (both multi-tile dQ paths of the main
     backward), with M a multiple of the tile (unmasked path) and ragged."""
     q, k, v, dy = make_inputs(1, 2, M, 90, 8, False, torch.float32, seed=3)
-    check(q, k, v, dy, tol=1e-5, config=SMALL_TILES, num_chunks=3)
+    cfg = dataclasses.replace(SMALL_TILES, bwd_main_dq_tiles=dq_tiles)
+    check(q, k, v, dy, tol=1e-5, config=cfg, num_chunks=3)
 
 
+@pytest.mark.parametrize("dq_tiles", DQ_TILES.values(), ids=DQ_TILES.keys())
 @pytest.mark.parametrize("shared_q", [True, False])
-def test_backward_finishing_sums_many_partials(shared_q):
+def test_backward_finishing_sums_many_partials(shared_q, dq_tiles):
     """More pass-1 chunks than dZ's finishing kernel loads at once (9 > 8) and, with q shared over
     a batch of 2, more dQ partial rows than its finishing kernel loads at once (18 > 16); chunks of
-    several token tiles, so pass 2 overwrites each dQ partial tile on its first visit and adds later."""
+    several token tiles, so pass 2 (dQ in memory) overwrites each dQ partial tile on its first visit
+    and adds later, or (dQ in registers) stores every latent tile's dQ once at the end."""
     q, k, v, dy = make_inputs(2, 1, 50, 400, 8, shared_q, torch.float32, seed=5)
     assert tm._split_n(400, SMALL_TILES.bwd_main.block_n, 12) == (9, 48)
-    check(q, k, v, dy, tol=1e-5, config=SMALL_TILES, num_chunks=12)
+    cfg = dataclasses.replace(SMALL_TILES, bwd_main_dq_tiles=dq_tiles)
+    check(q, k, v, dy, tol=1e-5, config=cfg, num_chunks=12)
 
 
 def test_non_contiguous_inputs():

@@ -343,43 +343,58 @@ if _TRITON_IMPORT_ERROR is None:
                   dk, dv, dq, MASK: tl.constexpr, DOT_PREC: tl.constexpr):
         """Both backward contributions of one (token tile, latent tile) pair; S computed once.
 
-        Ordered so that at most three [BLOCK_N, BLOCK_M] fp32 tiles are live at a time.  MASK
-        zeroes padded tokens / latents (needed only for a ragged tile: 2^(−lse) of a padded
-        entry can overflow and meet a zero operand)."""
+        Ordered so that at most three [BLOCK_N, BLOCK_M] fp32 tiles are live at a time; both score
+        gradients go into dK through one dot, (dS_scatter + dS_gather) Q.  MASK zeroes padded tokens /
+        latents (needed only for a ragged tile: 2^(−lse) of a padded entry can overflow and meet a
+        zero operand)."""
         s = tl.dot(k, tl.trans(q), input_precision=DOT_PREC)  # [BN, BM], natural units
+        # scatter: P = softmax over latents, rows = tokens
+        p = tl.exp2(s * _LOG2E - lse_s[:, None])
+        if MASK:
+            p = tl.where(n_mask[:, None] & m_mask[None, :], p, 0.0)
+        dp = tl.dot(dy, tl.trans(z), input_precision=DOT_PREC)
+        ds = p * (dp - delta_s[:, None])
         # gather (transposed): A = softmax over tokens, columns = latents
         a = tl.exp2(s * _LOG2E - lse_g[None, :])
         if MASK:
             a = tl.where(n_mask[:, None] & m_mask[None, :], a, 0.0)
         dv = tl.dot(a.to(k.dtype), dz, dv, input_precision=DOT_PREC)
         da = tl.dot(v, tl.trans(dz), input_precision=DOT_PREC)
-        dsg = (a * (da - delta_g[None, :])).to(k.dtype)
-        dq = tl.dot(tl.trans(dsg), k, dq, input_precision=DOT_PREC)
-        dk = tl.dot(dsg, q, dk, input_precision=DOT_PREC)
-        # scatter: P = softmax over latents, rows = tokens
-        p = tl.exp2(s * _LOG2E - lse_s[:, None])
-        if MASK:
-            p = tl.where(n_mask[:, None] & m_mask[None, :], p, 0.0)
-        dp = tl.dot(dy, tl.trans(z), input_precision=DOT_PREC)
-        ds = (p * (dp - delta_s[:, None])).to(k.dtype)
-        dk = tl.dot(ds, q, dk, input_precision=DOT_PREC)
+        dsg = a * (da - delta_g[None, :])
+        dq = tl.dot(tl.trans(dsg.to(k.dtype)), k, dq, input_precision=DOT_PREC)
+        dk = tl.dot((ds + dsg).to(k.dtype), q, dk, input_precision=DOT_PREC)
         return dk, dv, dq
+
+    @triton.jit
+    def _latent_tile(q_base, sqm, sqd, Z, DZ, LSE_G, DELTA_G, zrow0, offs_m, offs_d, d_mask, M,
+                     D: tl.constexpr, DTYPE: tl.constexpr):
+        """The pass-2 operands of one latent tile: q, z, dz (as DTYPE), lse_g, Δ_g and the latent mask."""
+        m_mask = offs_m < M
+        md_mask = m_mask[:, None] & d_mask[None, :]
+        qt = tl.load(q_base + offs_m[:, None] * sqm + offs_d[None, :] * sqd, mask=md_mask, other=0.0)
+        zoff = (zrow0 + offs_m)[:, None] * D + offs_d[None, :]
+        zt = tl.load(Z + zoff, mask=md_mask, other=0.0).to(DTYPE)
+        dzt = tl.load(DZ + zoff, mask=md_mask, other=0.0).to(DTYPE)
+        lse_gt = tl.load(LSE_G + zrow0 + offs_m, mask=m_mask, other=float("inf"))
+        delta_gt = tl.load(DELTA_G + zrow0 + offs_m, mask=m_mask, other=0.0)
+        return qt, zt, dzt, lse_gt, delta_gt, m_mask
 
     @triton.jit
     def _bwd_main_ntile(
         start, n_start, n_end, offs_n, offs_d, d_mask,
         k_base, v_base, dy_base, tile_k, tile_v, tile_dy, skn, svn, sdn,
         tok0, LSE_S, DELTA_S, DK, DV,
-        q, z, dz, lse_g, delta_g, dq,
+        q, z, dz, lse_g, delta_g, dq, dq1, dq2, dq3,
         q_base, sqm, sqd, Z, DZ, LSE_G, DELTA_G, zrow0, dq_base, M,
         D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-        ONE_M_TILE: tl.constexpr, MASK: tl.constexpr, DOT_PREC: tl.constexpr,
+        NUM_MT: tl.constexpr, MASK: tl.constexpr, DOT_PREC: tl.constexpr,
     ):
         """One token tile of the main backward: loads, every latent tile, dK / dV stores.
 
-        ONE_M_TILE: q, z, dz, lse_g, delta_g are the register-resident latent operands and dq
-        the running register accumulator (returned); otherwise they are unused and each latent
-        tile's dQ partial is updated in memory."""
+        NUM_MT = 1: q, z, dz, lse_g, delta_g are the register-resident operands of the one latent
+        tile and dq its running accumulator. NUM_MT = 2 … 4: that many latent tiles, each loaded
+        here, with their dQ accumulators dq, dq1, dq2, dq3 in registers. NUM_MT = 0: a loop over
+        the latent tiles, each tile's dQ partial updated in memory. Returns the accumulators."""
         rel = (start - n_start).to(tl.int64)
         n_mask = (start + offs_n) < n_end
         nd_mask = n_mask[:, None] & d_mask[None, :]
@@ -392,20 +407,36 @@ if _TRITON_IMPORT_ERROR is None:
         dk = tl.zeros_like(k.to(tl.float32))
         dv = tl.zeros_like(dk)
         offs_mt = tl.arange(0, BLOCK_M)
-        if ONE_M_TILE:
+        if NUM_MT == 1:
             dk, dv, dq = _bwd_tile(k, v, dy, lse_s, delta_s, n_mask, q, z, dz, lse_g, delta_g, offs_mt < M,
                                    dk, dv, dq, MASK, DOT_PREC)
+        elif NUM_MT > 1:
+            qt, zt, dzt, lse_gt, delta_gt, m_mask = _latent_tile(
+                q_base, sqm, sqd, Z, DZ, LSE_G, DELTA_G, zrow0, offs_mt, offs_d, d_mask, M, D, k.dtype)
+            dk, dv, dq = _bwd_tile(k, v, dy, lse_s, delta_s, n_mask, qt, zt, dzt, lse_gt, delta_gt, m_mask,
+                                   dk, dv, dq, MASK, DOT_PREC)
+            qt, zt, dzt, lse_gt, delta_gt, m_mask = _latent_tile(
+                q_base, sqm, sqd, Z, DZ, LSE_G, DELTA_G, zrow0, BLOCK_M + offs_mt, offs_d, d_mask, M, D, k.dtype)
+            dk, dv, dq1 = _bwd_tile(k, v, dy, lse_s, delta_s, n_mask, qt, zt, dzt, lse_gt, delta_gt, m_mask,
+                                    dk, dv, dq1, MASK, DOT_PREC)
+            if NUM_MT > 2:
+                qt, zt, dzt, lse_gt, delta_gt, m_mask = _latent_tile(
+                    q_base, sqm, sqd, Z, DZ, LSE_G, DELTA_G, zrow0, 2 * BLOCK_M + offs_mt, offs_d, d_mask, M, D,
+                    k.dtype)
+                dk, dv, dq2 = _bwd_tile(k, v, dy, lse_s, delta_s, n_mask, qt, zt, dzt, lse_gt, delta_gt, m_mask,
+                                        dk, dv, dq2, MASK, DOT_PREC)
+            if NUM_MT > 3:
+                qt, zt, dzt, lse_gt, delta_gt, m_mask = _latent_tile(
+                    q_base, sqm, sqd, Z, DZ, LSE_G, DELTA_G, zrow0, 3 * BLOCK_M + offs_mt, offs_d, d_mask, M, D,
+                    k.dtype)
+                dk, dv, dq3 = _bwd_tile(k, v, dy, lse_s, delta_s, n_mask, qt, zt, dzt, lse_gt, delta_gt, m_mask,
+                                        dk, dv, dq3, MASK, DOT_PREC)
         else:
             for start_m in range(0, M, BLOCK_M):
                 offs_m = start_m + offs_mt
-                m_mask = offs_m < M
+                qt, zt, dzt, lse_gt, delta_gt, m_mask = _latent_tile(
+                    q_base, sqm, sqd, Z, DZ, LSE_G, DELTA_G, zrow0, offs_m, offs_d, d_mask, M, D, k.dtype)
                 md_mask = m_mask[:, None] & d_mask[None, :]
-                qt = tl.load(q_base + offs_m[:, None] * sqm + offs_d[None, :] * sqd, mask=md_mask, other=0.0)
-                zoff = (zrow0 + offs_m)[:, None] * D + offs_d[None, :]
-                zt = tl.load(Z + zoff, mask=md_mask, other=0.0).to(k.dtype)
-                dzt = tl.load(DZ + zoff, mask=md_mask, other=0.0).to(k.dtype)
-                lse_gt = tl.load(LSE_G + zrow0 + offs_m, mask=m_mask, other=float("inf"))
-                delta_gt = tl.load(DELTA_G + zrow0 + offs_m, mask=m_mask, other=0.0)
                 dq_ptrs = dq_base + offs_m[:, None] * D + offs_d[None, :]
                 # the chunk's first token tile finds the partial unwritten: start from zero there
                 seen = (offs_m * 0 + start) > n_start
@@ -418,7 +449,11 @@ if _TRITON_IMPORT_ERROR is None:
         out = rows[:, None] * D + offs_d[None, :]
         tl.store(DK + out, dk.to(DK.dtype.element_ty), mask=nd_mask)
         tl.store(DV + out, dv.to(DV.dtype.element_ty), mask=nd_mask)
-        return dq
+        return dq, dq1, dq2, dq3
+
+    @triton.jit
+    def _store_dq_tile(dq_base, dq, offs_m, offs_d, d_mask, M, D: tl.constexpr):
+        tl.store(dq_base + offs_m[:, None] * D + offs_d[None, :], dq, mask=(offs_m < M)[:, None] & d_mask[None, :])
 
     @triton.jit
     def _bwd_main_kernel(
@@ -429,14 +464,15 @@ if _TRITON_IMPORT_ERROR is None:
         sdb, sdh, sdn, sdd,
         H, M, N, D: tl.constexpr, chunk_len, C,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-        ONE_M_TILE: tl.constexpr, EVEN_M: tl.constexpr, DOT_PREC: tl.constexpr,
+        NUM_MT: tl.constexpr, EVEN_M: tl.constexpr, DOT_PREC: tl.constexpr,
     ):
         """dK (scatter + gather), dV and a partial dQ_gather for one chunk of tokens.
 
-        With ONE_M_TILE all latents sit in one tile kept in registers and dQ accumulates in
-        registers; otherwise the chunk's private fp32 dQ partial is updated in place per tile.
-        Full token tiles run unmasked when EVEN_M (M a multiple of BLOCK_M); the ragged last
-        tile of the chunk runs masked after the loop.
+        NUM_MT = 1: all latents sit in one tile kept in registers; NUM_MT = 2 … 4: that many latent
+        tiles, reloaded per token tile, their dQ accumulating in registers; NUM_MT = 0 (more latent
+        tiles): the chunk's private fp32 dQ partial is updated in place per tile pair. Full token
+        tiles run unmasked when EVEN_M (M a multiple of BLOCK_M); the ragged last tile of the chunk
+        runs masked after the loop.
         """
         pid_c = tl.program_id(0)
         pid_bh = tl.program_id(1)
@@ -468,7 +504,10 @@ if _TRITON_IMPORT_ERROR is None:
         m_mask = offs_mt < M
         md_mask = m_mask[:, None] & d_mask[None, :]
         dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-        if ONE_M_TILE:
+        dq1 = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+        dq2 = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+        dq3 = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+        if NUM_MT == 1:
             q = tl.load(q_base + offs_mt[:, None] * sqm + offs_d[None, :] * sqd, mask=md_mask, other=0.0)
             zoff = (zrow0 + offs_mt)[:, None] * D + offs_d[None, :]
             z = tl.load(Z + zoff, mask=md_mask, other=0.0).to(q.dtype)
@@ -483,19 +522,27 @@ if _TRITON_IMPORT_ERROR is None:
             delta_g = 0
 
         for start in range(n_start, n_full, BLOCK_N):
-            dq = _bwd_main_ntile(start, n_start, n_end, offs_n, offs_d, d_mask,
-                                 k_base, v_base, dy_base, tile_k, tile_v, tile_dy, skn, svn, sdn,
-                                 tok0, LSE_S, DELTA_S, DK, DV, q, z, dz, lse_g, delta_g, dq,
-                                 q_base, sqm, sqd, Z, DZ, LSE_G, DELTA_G, zrow0, dq_base, M,
-                                 D, BLOCK_M, BLOCK_N, ONE_M_TILE, not EVEN_M, DOT_PREC)
+            dq, dq1, dq2, dq3 = _bwd_main_ntile(
+                start, n_start, n_end, offs_n, offs_d, d_mask,
+                k_base, v_base, dy_base, tile_k, tile_v, tile_dy, skn, svn, sdn,
+                tok0, LSE_S, DELTA_S, DK, DV, q, z, dz, lse_g, delta_g, dq, dq1, dq2, dq3,
+                q_base, sqm, sqd, Z, DZ, LSE_G, DELTA_G, zrow0, dq_base, M,
+                D, BLOCK_M, BLOCK_N, NUM_MT, not EVEN_M, DOT_PREC)
         if n_full < n_end:
-            dq = _bwd_main_ntile(n_full, n_start, n_end, offs_n, offs_d, d_mask,
-                                 k_base, v_base, dy_base, tile_k, tile_v, tile_dy, skn, svn, sdn,
-                                 tok0, LSE_S, DELTA_S, DK, DV, q, z, dz, lse_g, delta_g, dq,
-                                 q_base, sqm, sqd, Z, DZ, LSE_G, DELTA_G, zrow0, dq_base, M,
-                                 D, BLOCK_M, BLOCK_N, ONE_M_TILE, True, DOT_PREC)
-        if ONE_M_TILE:
-            tl.store(dq_base + offs_mt[:, None] * D + offs_d[None, :], dq, mask=md_mask)
+            dq, dq1, dq2, dq3 = _bwd_main_ntile(
+                n_full, n_start, n_end, offs_n, offs_d, d_mask,
+                k_base, v_base, dy_base, tile_k, tile_v, tile_dy, skn, svn, sdn,
+                tok0, LSE_S, DELTA_S, DK, DV, q, z, dz, lse_g, delta_g, dq, dq1, dq2, dq3,
+                q_base, sqm, sqd, Z, DZ, LSE_G, DELTA_G, zrow0, dq_base, M,
+                D, BLOCK_M, BLOCK_N, NUM_MT, True, DOT_PREC)
+        if NUM_MT > 0:
+            _store_dq_tile(dq_base, dq, offs_mt, offs_d, d_mask, M, D)
+        if NUM_MT > 1:
+            _store_dq_tile(dq_base, dq1, BLOCK_M + offs_mt, offs_d, d_mask, M, D)
+        if NUM_MT > 2:
+            _store_dq_tile(dq_base, dq2, 2 * BLOCK_M + offs_mt, offs_d, d_mask, M, D)
+        if NUM_MT > 3:
+            _store_dq_tile(dq_base, dq3, 3 * BLOCK_M + offs_mt, offs_d, d_mask, M, D)
 
     @triton.jit
     def _dz_finish_kernel(DZP, Z, DZ, DELTA_G, M, D: tl.constexpr, C,
@@ -572,6 +619,9 @@ class MixerConfig:
     min_tiles_per_chunk: int = 2
     # tl.dot input precision for fp32 inputs; None: "ieee" unless torch allows TF32 matmuls
     fp32_precision: Optional[str] = None
+    # the backward's second pass keeps the dQ of up to this many latent tiles (at most 4) in registers;
+    # with more latent tiles it updates a dQ partial in memory per (token tile, latent tile) pair
+    bwd_main_dq_tiles: int = 4
 
 
 def _next_pow2(x: int) -> int:
@@ -607,14 +657,16 @@ def default_config(M: int, D: int, N: int, dtype: torch.dtype, interpret: bool =
             # meant 1.3 or 1.6 waves (gather 0.064 -> 0.055 ms, pass 1 0.143 -> 0.125 ms, H100)
             bwd_scatter = (KernelCfg(bm, 64, 4, 2, programs_per_sm=2) if fp32_precision == "tf32"
                            else KernelCfg(_clamp_pow2(M, 16, 32), 32, 4, 2))
+            # the backward's second pass updates its dQ partial in memory: with the four latent tiles'
+            # dQ in registers it spills (0.200 against 0.163 ms at the Darcy size, H100)
             return MixerConfig(
                 gather=KernelCfg(bm, 64, 4, 3, programs_per_sm=2), scatter=KernelCfg(bm, 64, 4, 2, programs_per_sm=8),
-                bwd_scatter=bwd_scatter, bwd_main=KernelCfg(bm, 64, 4, 2),
+                bwd_scatter=bwd_scatter, bwd_main=KernelCfg(bm, 64, 4, 2), bwd_main_dq_tiles=0,
             )
         bm = _clamp_pow2(M, 16, 32)
         return MixerConfig(
             gather=KernelCfg(bm, 32 if bd <= 32 else 16, 4, 2), scatter=KernelCfg(bm, 32, 4, 2),
-            bwd_scatter=KernelCfg(bm, 16, 4, 2), bwd_main=KernelCfg(bm, 16, 4, 2),
+            bwd_scatter=KernelCfg(bm, 16, 4, 2), bwd_main=KernelCfg(bm, 16, 4, 2), bwd_main_dq_tiles=0,
         )
     if bd >= 64:  # [tile, D] operands twice as large: halve the token tiles
         bm = _clamp_pow2(M, 16, 64)
@@ -641,8 +693,17 @@ def default_config(M: int, D: int, N: int, dtype: torch.dtype, interpret: bool =
         gather = KernelCfg(128, 64, 4, 3, programs_per_sm=8)
         scatter = KernelCfg(64, 128, 4, 2, programs_per_sm=8)
         bwd_scatter = KernelCfg(128, 64, 8, 3)
-    # small heads: more, shorter chunks in the backward's second pass (D = 8: 3.92 -> 3.75 ms, H100)
-    bwd_main = KernelCfg(_clamp_pow2(M, 16, 64), 64, 4, 3, programs_per_sm=8 if M > 64 and D <= 8 else None)
+    bm = _clamp_pow2(M, 16, 64)
+    if M <= 64:
+        bwd_main = KernelCfg(bm, 64, 4, 3)
+    elif D <= 8:
+        # 2 to 4 latent tiles keep their dQ in registers (NUM_MT > 1); without pipelining the loads
+        # that spills least. N = 2^20, M = 256, bf16, H100: D = 8 3.70 -> 3.34 ms, D = 4 (H = 16)
+        # 7.19 -> 6.86 ms against the dQ partial in memory with 3 stages and 8 programs per SM
+        bwd_main = KernelCfg(bm, 64, 4, 1)
+    else:
+        # D = 16 (H = 8): 3.87 -> 3.03 ms with the dQ of the four latent tiles in registers
+        bwd_main = KernelCfg(bm, 64, 4, 2, programs_per_sm=8)
     return MixerConfig(gather=gather, scatter=scatter, bwd_scatter=bwd_scatter, bwd_main=bwd_main)
 
 
@@ -780,7 +841,8 @@ def _run_bwd_main(q, k, v, z, dz, dy, lse_g, delta_g, lse_s, delta_s, cfg: Mixer
     B, H, M, N, D, bd = _dims(q, k)
     BH = B * H
     c2 = cfg.bwd_main
-    one_tile = M <= c2.block_m
+    m_tiles = -(-M // c2.block_m)
+    num_mt = m_tiles if m_tiles <= cfg.bwd_main_dq_tiles or m_tiles == 1 else 0
     want = num_chunks if num_chunks is not None else _want_chunks(cfg, c2, N, BH, _sm_count(k.device))
     C2, chunk2 = _split_n(N, c2.block_n, want)
     dk = torch.empty((B, H, N, D), device=k.device, dtype=k.dtype)
@@ -791,7 +853,7 @@ def _run_bwd_main(q, k, v, z, dz, dy, lse_g, delta_g, lse_s, delta_s, cfg: Mixer
         q, k, v, z, dz, dy, lse_g, delta_g, lse_s, delta_s, dk, dv, dqp,
         *_q_strides(q), *k.stride(), *v.stride(), *dy.stride(),
         H, M, N, D, chunk2, C2,
-        BLOCK_M=c2.block_m, BLOCK_N=c2.block_n, BLOCK_D=bd, ONE_M_TILE=one_tile, EVEN_M=M % c2.block_m == 0,
+        BLOCK_M=c2.block_m, BLOCK_N=c2.block_n, BLOCK_D=bd, NUM_MT=num_mt, EVEN_M=M % c2.block_m == 0,
         DOT_PREC=_dot_precision(k.dtype, cfg),
         num_warps=c2.num_warps, num_stages=c2.num_stages,
     )

@@ -16,8 +16,9 @@ them with one small dot and runs the chain of input gradients in registers. The 
 gradients are sums over the tokens: with few tokens every backward program writes its tile's share
 into its own partial slot; with many, the backward writes the pre-activation gradients and a
 split-token kernel sums them per chunk of tokens. Either way the partials are summed afterwards
-(deterministic, no atomics). See benchmarks/NOTES-mlp.md for measurements and a known fault (16-bit
-dots with an input narrower than the hidden layers are refused).
+(deterministic, no atomics). With 16-bit dots an input narrower than the hidden layers is padded to
+the hidden tile width inside the kernels: narrower input tiles miscompile (triton 3.6, sm_90; see
+benchmarks/NOTES-mlp.md, which also has the measurements).
 
 Dots run in ``dot_dtype`` (float32 — with TF32 when torch allows it, as ``nn.Linear`` does —
 bfloat16 or float16 under autocast) with fp32 accumulation; the residual stream stays fp32 in
@@ -297,23 +298,31 @@ def _dims(x, w_in, w_hid, w_out):
     return x.shape[0], w_in.shape[1], w_in.shape[0], w_out.shape[0], w_hid.shape[0]
 
 
+def _block_in(IN: int, HID: int, dot: str) -> int:
+    """Padded input width of the kernels' tiles. With 16-bit dots an input tile narrower than the
+    hidden one miscompiles on sm_90 (triton 3.6: out-of-range shared memory accesses in the backward
+    kernel, NaN input gradients or an illegal address; found with compute-sanitizer through
+    benchmarks/diagnose_mlp_fault.py), so there the input is padded to the hidden tile width."""
+    return _block(IN) if dot == "float32" else max(_block(IN), _block(HID))
+
+
 def _grad_blocks(IN: int, HID: int, OUT: int) -> Tuple[int, int]:
     """(A, B): one layer's padded weight-gradient slot is [A, B], fitting every layer of the MLP."""
     return max(_block(HID), _block(OUT)), max(_block(IN), _block(HID))
 
 
-def _grad_sizes(IN: int, HID: int, OUT: int, L: int, norm: bool) -> Tuple[int, int, int]:
+def _grad_sizes(IN: int, HID: int, OUT: int, L: int, norm: bool, dot: str) -> Tuple[int, int, int]:
     """Lengths of the weight, bias and norm parts of the backward's flat gradient tensor."""
     ba, bb = _grad_blocks(IN, HID, OUT)
-    return (L + 2) * ba * bb, (L + 2) * ba, 2 * _block(IN) if norm else 0
+    return (L + 2) * ba * bb, (L + 2) * ba, 2 * _block_in(IN, HID, dot) if norm else 0
 
 
-def split_grads(grads: torch.Tensor, IN: int, HID: int, OUT: int, L: int, norm: bool):
+def split_grads(grads: torch.Tensor, IN: int, HID: int, OUT: int, L: int, norm: bool, dot: str):
     """The flat gradient tensor of the backward -> (dw [L+2, A, B], db [L+2, A], norm [2, IN] or None)
     as views, A and B the padded widths (see ``_backward``)."""
     ba, bb = _grad_blocks(IN, HID, OUT)
-    n_w, n_b, _ = _grad_sizes(IN, HID, OUT, L, norm)
-    dln = grads[n_w + n_b:].view(2, _block(IN))[:, :IN] if norm else None
+    n_w, n_b, _ = _grad_sizes(IN, HID, OUT, L, norm, dot)
+    dln = grads[n_w + n_b:].view(2, _block_in(IN, HID, dot))[:, :IN] if norm else None
     return grads[:n_w].view(L + 2, ba, bb), grads[n_w:n_w + n_b].view(L + 2, ba), dln
 
 
@@ -332,7 +341,7 @@ def _forward(x, w_in, b_in, w_hid, b_hid, w_out, b_out, ln_w, ln_b, eps, input_r
         x, w_in, b_in, w_hid, b_hid, w_out, b_out, y, s if save else y,
         ln_w if norm else b_in, ln_b if norm else b_in, float(eps),
         T, IN, HID, OUT,
-        L=L, BLOCK_T=bt, BLOCK_IN=_block(IN), BLOCK_HID=_block(HID), BLOCK_OUT=_block(OUT),
+        L=L, BLOCK_T=bt, BLOCK_IN=_block_in(IN, HID, dot), BLOCK_HID=_block(HID), BLOCK_OUT=_block(OUT),
         IN_RES=input_residual, OUT_RES=output_residual, SAVE=save, NORM=norm, DOT_DTYPE=dtl, DOT_PREC=prec,
         num_warps=warps,
     )
@@ -347,12 +356,12 @@ def _backward(dy, x, s, w_in, b_in, w_hid, b_hid, w_out, ln_w, ln_b, eps, input_
     with a norm, its weight and bias gradients [2, padded IN]."""
     T, IN, HID, OUT, L = _dims(x, w_in, w_hid, w_out)
     dot_dtype = _DTYPES[dot]
-    bin_ = _block(IN)
+    bin_ = _block_in(IN, HID, dot)
     ba, bb = _grad_blocks(IN, HID, OUT)
     f32 = dict(device=x.device, dtype=torch.float32)
     norm = ln_w is not None
     dx = torch.empty_like(x)
-    n_w, n_b, n_ln = _grad_sizes(IN, HID, OUT, L, norm)
+    n_w, n_b, n_ln = _grad_sizes(IN, HID, OUT, L, norm, dot)
     if T == 0:
         return dx, torch.zeros((n_w + n_b + n_ln,), **f32)
     dy = dy.contiguous()
@@ -386,7 +395,7 @@ def _backward(dy, x, s, w_in, b_in, w_hid, b_hid, w_out, ln_w, ln_b, eps, input_
     # tensor cores need the token axis contiguous in shared memory and asynchronous copies straight
     # into that transposed layout are 4-byte, uncoalesced ones (24 µs instead of a few per launch at
     # the Darcy size, H200). 16-bit operands run one stage as well (0.75 against 0.50 ms per MLP at
-    # 1M tokens, H100): it was tried as the cause of the narrow-input fault (see fused_residual_mlp),
+    # 1M tokens, H100): it was tried as the cause of the narrow-input fault (see _block_in),
     # which it was not, and three stages were not measured again with that layer guarded.
     # Two programs per SM hide the load latency instead.
     stages = 1
@@ -445,7 +454,7 @@ def _mlp_bwd_op(dy: torch.Tensor, x: torch.Tensor, s: torch.Tensor, w_in: torch.
 @_mlp_bwd_op.register_fake
 def _(dy, x, s, w_in, b_in, w_hid, b_hid, w_out, ln_w, ln_b, eps, input_residual, output_residual, dot):
     _, IN, HID, OUT, L = _dims(x, w_in, w_hid, w_out)
-    return x.new_empty(x.shape), x.new_empty((sum(_grad_sizes(IN, HID, OUT, L, ln_w is not None)),),
+    return x.new_empty(x.shape), x.new_empty((sum(_grad_sizes(IN, HID, OUT, L, ln_w is not None, dot)),),
                                              dtype=torch.float32)
 
 
@@ -473,7 +482,7 @@ def _backward_rule(ctx, dy, _ds):
     dx, grads = _mlp_bwd_op(dy, x, s, w_in, b_in, w_hid, b_hid, w_out, ln_w, ln_b, eps,
                             input_residual, output_residual, dot)
     L, HID, IN, OUT = w_hid.shape[0], w_in.shape[0], w_in.shape[1], w_out.shape[0]
-    dw, db, dln = split_grads(grads, IN, HID, OUT, L, ln_w is not None)
+    dw, db, dln = split_grads(grads, IN, HID, OUT, L, ln_w is not None, dot)
     dln_w, dln_b = (dln[0], dln[1]) if ln_w is not None else (None, None)
     return (dx, dw[0, :HID, :IN], db[0, :HID], dw[1:L + 1, :HID, :HID], db[1:L + 1, :HID],
             dw[L + 1, :OUT, :HID], db[L + 1, :OUT], dln_w, dln_b) + (None,) * (_FWD_ARGS - 9)
@@ -489,19 +498,11 @@ def dot_dtype_for(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
-def _input_width_ok(IN: int, HID: int, dot_dtype: torch.dtype) -> bool:
-    # an input layer narrower than the hidden one (a model's first projection) made the 16-bit
-    # backward kernel access memory out of bounds at ~1M tokens (H100, triton 3.6), also with the
-    # input zero-padded to the tile width; fp32 and in == hidden were correct at every size tried
-    return dot_dtype == torch.float32 or IN == HID
-
-
 def fused_mlp_supports(x: torch.Tensor, in_dim: int, hidden_dim: int, out_dim: int) -> bool:
     """Whether ``fused_residual_mlp`` runs an MLP of these widths on ``x`` (triton imported, CUDA or
-    the interpreter, widths up to MAX_WIDTH, and no known fault for the dot dtype)."""
+    the interpreter, widths up to MAX_WIDTH)."""
     return (fused_mlp_available() and (x.is_cuda or _interpreting())
-            and max(in_dim, hidden_dim, out_dim) <= MAX_WIDTH
-            and _input_width_ok(in_dim, hidden_dim, dot_dtype_for(x)))
+            and max(in_dim, hidden_dim, out_dim) <= MAX_WIDTH)
 
 
 def _check(x: torch.Tensor, weights: List[torch.Tensor], L: int) -> None:
@@ -544,10 +545,6 @@ def fused_residual_mlp(x: torch.Tensor, w_in: torch.Tensor, b_in: torch.Tensor, 
     if dot_dtype not in _DTYPES.values():
         raise ValueError(f"unsupported dtype {dot_dtype} for the fused MLP")
     dot = str(dot_dtype).removeprefix("torch.")
-    if not _input_width_ok(w_in.shape[1], HID, dot_dtype):
-        raise NotImplementedError(
-            f"the fused MLP in {dot} needs in_dim == hidden_dim (got {w_in.shape[1]} and {HID}); "
-            "use the torch backend for this layer (mlp backend 'auto' does)")
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1]).contiguous()
     ln_w, ln_b, eps = norm if norm is not None else (None, None, 0.0)

@@ -391,14 +391,13 @@ def _backward(dy, x, s, w_in, b_in, w_hid, b_hid, w_out, ln_w, ln_b, eps, input_
     # layer, the hidden layers, the output layer (their operands differ in dtype and width).
     wide = max(ba, bb) > 64
     wt = 32 if _interpreting() or wide else 64
-    # One stage, i.e. no asynchronous copies: fp32 operands must go through registers, since TF32
-    # tensor cores need the token axis contiguous in shared memory and asynchronous copies straight
-    # into that transposed layout are 4-byte, uncoalesced ones (24 µs instead of a few per launch at
-    # the Darcy size, H200). 16-bit operands run one stage as well (0.75 against 0.50 ms per MLP at
-    # 1M tokens, H100): it was tried as the cause of the narrow-input fault (see _block_in),
-    # which it was not, and three stages were not measured again with that layer guarded.
-    # Two programs per SM hide the load latency instead.
-    stages = 1
+    # fp32: one stage, i.e. no asynchronous copies: fp32 operands must go through registers, since
+    # TF32 tensor cores need the token axis contiguous in shared memory and asynchronous copies
+    # straight into that transposed layout are 4-byte, uncoalesced ones (24 µs instead of a few per
+    # launch at the Darcy size, H200); two programs per SM hide the load latency instead. Both
+    # operands 16-bit: three stages (0.50 against 0.75 ms per MLP at 1M tokens with one, H100/H200).
+    # They had run one stage while that was suspected of the narrow-input fault, which it was not
+    # (see _block_in). Under autocast the output layer's dy and an un-normed input are fp32: one stage.
     tiles = triton.cdiv(T, wt)
     chunks = max(1, min(tiles, 2 * _sm_count(x.device)))
     chunk = triton.cdiv(tiles, chunks) * wt
@@ -410,6 +409,7 @@ def _backward(dy, x, s, w_in, b_in, w_hid, b_hid, w_out, ln_w, ln_b, eps, input_
         (dy, s[L], OUT, HID, L + 1, 1),  # output layer
     ):
         if layers:
+            stages = 3 if a.element_size() == 2 and b.element_size() == 2 else 1
             _mlp_wgrad_kernel[(chunks, layers)](
                 a, b, part, part[:, n_w:], T, chunk, slot0, part.shape[1],
                 A_WIDTH=a_width, B_WIDTH=b_width, BLOCK_T=wt, BLOCK_A=ba, BLOCK_B=bb,

@@ -380,6 +380,16 @@ if _TRITON_IMPORT_ERROR is None:
         return qt, zt, dzt, lse_gt, delta_gt, m_mask
 
     @triton.jit
+    def _bwd_latent_tile(k, v, dy, lse_s, delta_s, n_mask, dk, dv, dq, offs_m, q_base, sqm, sqd,
+                         Z, DZ, LSE_G, DELTA_G, zrow0, offs_d, d_mask, M, D: tl.constexpr,
+                         MASK: tl.constexpr, DOT_PREC: tl.constexpr):
+        """Loads the latent tile at offs_m and adds its (token tile, latent tile) pair to dk, dv, dq."""
+        qt, zt, dzt, lse_gt, delta_gt, m_mask = _latent_tile(
+            q_base, sqm, sqd, Z, DZ, LSE_G, DELTA_G, zrow0, offs_m, offs_d, d_mask, M, D, k.dtype)
+        return _bwd_tile(k, v, dy, lse_s, delta_s, n_mask, qt, zt, dzt, lse_gt, delta_gt, m_mask,
+                         dk, dv, dq, MASK, DOT_PREC)
+
+    @triton.jit
     def _bwd_main_ntile(
         start, n_start, n_end, offs_n, offs_d, d_mask,
         k_base, v_base, dy_base, tile_k, tile_v, tile_dy, skn, svn, sdn,
@@ -411,26 +421,18 @@ if _TRITON_IMPORT_ERROR is None:
             dk, dv, dq = _bwd_tile(k, v, dy, lse_s, delta_s, n_mask, q, z, dz, lse_g, delta_g, offs_mt < M,
                                    dk, dv, dq, MASK, DOT_PREC)
         elif NUM_MT > 1:
-            qt, zt, dzt, lse_gt, delta_gt, m_mask = _latent_tile(
-                q_base, sqm, sqd, Z, DZ, LSE_G, DELTA_G, zrow0, offs_mt, offs_d, d_mask, M, D, k.dtype)
-            dk, dv, dq = _bwd_tile(k, v, dy, lse_s, delta_s, n_mask, qt, zt, dzt, lse_gt, delta_gt, m_mask,
-                                   dk, dv, dq, MASK, DOT_PREC)
-            qt, zt, dzt, lse_gt, delta_gt, m_mask = _latent_tile(
-                q_base, sqm, sqd, Z, DZ, LSE_G, DELTA_G, zrow0, BLOCK_M + offs_mt, offs_d, d_mask, M, D, k.dtype)
-            dk, dv, dq1 = _bwd_tile(k, v, dy, lse_s, delta_s, n_mask, qt, zt, dzt, lse_gt, delta_gt, m_mask,
-                                    dk, dv, dq1, MASK, DOT_PREC)
+            dk, dv, dq = _bwd_latent_tile(k, v, dy, lse_s, delta_s, n_mask, dk, dv, dq, offs_mt, q_base, sqm, sqd,
+                                          Z, DZ, LSE_G, DELTA_G, zrow0, offs_d, d_mask, M, D, MASK, DOT_PREC)
+            dk, dv, dq1 = _bwd_latent_tile(k, v, dy, lse_s, delta_s, n_mask, dk, dv, dq1, BLOCK_M + offs_mt, q_base,
+                                           sqm, sqd, Z, DZ, LSE_G, DELTA_G, zrow0, offs_d, d_mask, M, D, MASK, DOT_PREC)
             if NUM_MT > 2:
-                qt, zt, dzt, lse_gt, delta_gt, m_mask = _latent_tile(
-                    q_base, sqm, sqd, Z, DZ, LSE_G, DELTA_G, zrow0, 2 * BLOCK_M + offs_mt, offs_d, d_mask, M, D,
-                    k.dtype)
-                dk, dv, dq2 = _bwd_tile(k, v, dy, lse_s, delta_s, n_mask, qt, zt, dzt, lse_gt, delta_gt, m_mask,
-                                        dk, dv, dq2, MASK, DOT_PREC)
+                dk, dv, dq2 = _bwd_latent_tile(k, v, dy, lse_s, delta_s, n_mask, dk, dv, dq2, 2 * BLOCK_M + offs_mt,
+                                               q_base, sqm, sqd, Z, DZ, LSE_G, DELTA_G, zrow0, offs_d, d_mask, M, D,
+                                               MASK, DOT_PREC)
             if NUM_MT > 3:
-                qt, zt, dzt, lse_gt, delta_gt, m_mask = _latent_tile(
-                    q_base, sqm, sqd, Z, DZ, LSE_G, DELTA_G, zrow0, 3 * BLOCK_M + offs_mt, offs_d, d_mask, M, D,
-                    k.dtype)
-                dk, dv, dq3 = _bwd_tile(k, v, dy, lse_s, delta_s, n_mask, qt, zt, dzt, lse_gt, delta_gt, m_mask,
-                                        dk, dv, dq3, MASK, DOT_PREC)
+                dk, dv, dq3 = _bwd_latent_tile(k, v, dy, lse_s, delta_s, n_mask, dk, dv, dq3, 3 * BLOCK_M + offs_mt,
+                                               q_base, sqm, sqd, Z, DZ, LSE_G, DELTA_G, zrow0, offs_d, d_mask, M, D,
+                                               MASK, DOT_PREC)
         else:
             for start_m in range(0, M, BLOCK_M):
                 offs_m = start_m + offs_mt

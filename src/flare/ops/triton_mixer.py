@@ -674,7 +674,7 @@ def default_config(M: int, D: int, N: int, dtype: torch.dtype, interpret: bool =
         bm = _clamp_pow2(M, 16, 64)
         return MixerConfig(
             gather=KernelCfg(bm, 64, 4, 3), scatter=KernelCfg(bm, 64, 4, 2),
-            bwd_scatter=KernelCfg(bm, 32, 4, 2), bwd_main=KernelCfg(bm, 32, 8, 2),
+            bwd_scatter=KernelCfg(bm, 32, 4, 2), bwd_main=KernelCfg(bm, 32, 8, 2), bwd_main_dq_tiles=0,
         )
     if M <= 64:
         bm = _clamp_pow2(M, 16, 64)
@@ -696,17 +696,19 @@ def default_config(M: int, D: int, N: int, dtype: torch.dtype, interpret: bool =
         scatter = KernelCfg(64, 128, 4, 2, programs_per_sm=8)
         bwd_scatter = KernelCfg(128, 64, 8, 3)
     bm = _clamp_pow2(M, 16, 64)
-    if M <= 64:
-        bwd_main = KernelCfg(bm, 64, 4, 3)
-    elif D <= 8:
-        # 2 to 4 latent tiles keep their dQ in registers (NUM_MT > 1); without pipelining the loads
-        # that spills least. N = 2^20, M = 256, bf16, H100: D = 8 3.70 -> 3.34 ms, D = 4 (H = 16)
-        # 7.19 -> 6.86 ms against the dQ partial in memory with 3 stages and 8 programs per SM
-        bwd_main = KernelCfg(bm, 64, 4, 1)
+    if 64 < M <= 4 * bm and D <= 16:
+        # 2 to 4 latent tiles keep their dQ in registers (NUM_MT > 1). N = 2^20, M = 256, bf16, H100,
+        # against the dQ partial in memory with 3 stages (8 programs per SM for D <= 8): D = 16 (H = 8)
+        # 3.87 -> 3.03 ms; without pipelining the loads, which spills least, D = 8 3.70 -> 3.34 ms and
+        # D = 4 (H = 16) 7.19 -> 6.86 ms
+        bwd_main = KernelCfg(bm, 64, 4, 2, programs_per_sm=8) if D > 8 else KernelCfg(bm, 64, 4, 1)
+        dq_tiles = 4
     else:
-        # D = 16 (H = 8): 3.87 -> 3.03 ms with the dQ of the four latent tiles in registers
-        bwd_main = KernelCfg(bm, 64, 4, 2, programs_per_sm=8)
-    return MixerConfig(gather=gather, scatter=scatter, bwd_scatter=bwd_scatter, bwd_main=bwd_main)
+        # small heads: more, shorter chunks in the backward's second pass (D = 8: 3.92 -> 3.75 ms, H100)
+        bwd_main = KernelCfg(bm, 64, 4, 3, programs_per_sm=8 if M > 64 and D <= 8 else None)
+        dq_tiles = 0
+    return MixerConfig(gather=gather, scatter=scatter, bwd_scatter=bwd_scatter, bwd_main=bwd_main,
+                       bwd_main_dq_tiles=dq_tiles)
 
 
 # last compiled kernel handle per stage (register / spill report for the benchmark script)

@@ -503,19 +503,13 @@ if _TRITON_IMPORT_ERROR is None:
         zrow0 = bh * M
         dq_base = DQP + (bh * C + pid_c) * M * D
 
-        m_mask = offs_mt < M
-        md_mask = m_mask[:, None] & d_mask[None, :]
         dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
         dq1 = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
         dq2 = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
         dq3 = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-        if NUM_MT == 1:
-            q = tl.load(q_base + offs_mt[:, None] * sqm + offs_d[None, :] * sqd, mask=md_mask, other=0.0)
-            zoff = (zrow0 + offs_mt)[:, None] * D + offs_d[None, :]
-            z = tl.load(Z + zoff, mask=md_mask, other=0.0).to(q.dtype)
-            dz = tl.load(DZ + zoff, mask=md_mask, other=0.0).to(q.dtype)
-            lse_g = tl.load(LSE_G + zrow0 + offs_mt, mask=m_mask, other=float("inf"))
-            delta_g = tl.load(DELTA_G + zrow0 + offs_mt, mask=m_mask, other=0.0)
+        if NUM_MT == 1:  # the one latent tile, loaded once for the whole chunk
+            q, z, dz, lse_g, delta_g, _ = _latent_tile(q_base, sqm, sqd, Z, DZ, LSE_G, DELTA_G, zrow0, offs_mt,
+                                                       offs_d, d_mask, M, D, Q.dtype.element_ty)
         else:  # unused placeholders
             q = 0
             z = 0

@@ -395,9 +395,11 @@ def _backward(dy, x, s, w_in, b_in, w_hid, b_hid, w_out, ln_w, ln_b, eps, input_
     # TF32 tensor cores need the token axis contiguous in shared memory and asynchronous copies
     # straight into that transposed layout are 4-byte, uncoalesced ones (24 µs instead of a few per
     # launch at the Darcy size, H200); two programs per SM hide the load latency instead. Both
-    # operands 16-bit: three stages (0.50 against 0.75 ms per MLP at 1M tokens with one, H100/H200).
-    # They had run one stage while that was suspected of the narrow-input fault, which it was not
-    # (see _block_in). Under autocast the output layer's dy and an un-normed input are fp32: one stage.
+    # operands 16-bit and as wide as their tiles: three stages (0.50 against 0.75 ms per MLP at 1M
+    # tokens with one, H100/H200). They had run one stage while that was suspected of the narrow-input
+    # fault, which it was not (see _block_in); pipelined copies of a narrow (masked) 16-bit operand
+    # were not run since, so those keep one stage, as do fp32 operands (under autocast the output
+    # layer's dy and an un-normed input).
     tiles = triton.cdiv(T, wt)
     chunks = max(1, min(tiles, 2 * _sm_count(x.device)))
     chunk = triton.cdiv(tiles, chunks) * wt
@@ -409,7 +411,8 @@ def _backward(dy, x, s, w_in, b_in, w_hid, b_hid, w_out, ln_w, ln_b, eps, input_
         (dy, s[L], OUT, HID, L + 1, 1),  # output layer
     ):
         if layers:
-            stages = 3 if a.element_size() == 2 and b.element_size() == 2 else 1
+            full = a.element_size() == b.element_size() == 2 and a_width == ba and b_width == bb
+            stages = 3 if full else 1
             _mlp_wgrad_kernel[(chunks, layers)](
                 a, b, part, part[:, n_w:], T, chunk, slot0, part.shape[1],
                 A_WIDTH=a_width, B_WIDTH=b_width, BLOCK_T=wt, BLOCK_A=ba, BLOCK_B=bb,

@@ -274,7 +274,8 @@ def run_tune(case, args, rows):
             # the other dQ path of the second pass for tiles where both exist (2 to 4 latent tiles)
             other = 0 if base.bwd_main_dq_tiles else 4
             variants = [v_ for kc, e in variants for v_ in
-                        ([(kc, e), (kc, {"bwd_main_dq_tiles": other})] if 1 < -(-M // kc.block_m) <= 4 else [(kc, e)])]
+                        ([(kc, e), (kc, {"bwd_main_dq_tiles": other})] if tm._bwd_main_num_mt(M, kc.block_m, 4) > 1
+                         else [(kc, e)])]
         for kc, extra in variants:
             pps = kc.programs_per_sm if kc.programs_per_sm is not None else base.programs_per_sm
             cfg = dataclasses.replace(base, **{name: kc}, **extra)

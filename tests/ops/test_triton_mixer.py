@@ -110,6 +110,15 @@ def test_many_latent_tiles_config(M, dq_tiles):
     check(q, k, v, dy, tol=1e-5, config=cfg, num_chunks=3)
 
 
+def test_dq_tiles_beyond_the_kernels_four_accumulators():
+    """Asking for more register dQ tiles than the kernel has accumulators falls back to the dQ partial
+    in memory instead of dropping the latent tiles past the fourth."""
+    assert [tm._bwd_main_num_mt(M, 16, 16) for M in (16, 50, 64, 65, 130)] == [1, 4, 4, 0, 0]
+    assert [tm._bwd_main_num_mt(M, 16, 0) for M in (16, 50)] == [1, 0]
+    q, k, v, dy = make_inputs(1, 1, 130, 70, 8, True, torch.float32, seed=12)
+    check(q, k, v, dy, tol=1e-5, config=dataclasses.replace(SMALL_TILES, bwd_main_dq_tiles=16), num_chunks=2)
+
+
 @pytest.mark.parametrize("dq_tiles", DQ_TILES.values(), ids=DQ_TILES.keys())
 @pytest.mark.parametrize("shared_q", [True, False])
 def test_backward_finishing_sums_many_partials(shared_q, dq_tiles):

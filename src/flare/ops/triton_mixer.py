@@ -839,8 +839,7 @@ def _run_bwd_main(q, k, v, z, dz, dy, lse_g, delta_g, lse_s, delta_s, cfg: Mixer
     B, H, M, N, D, bd = _dims(q, k)
     BH = B * H
     c2 = cfg.bwd_main
-    m_tiles = -(-M // c2.block_m)
-    num_mt = m_tiles if m_tiles <= cfg.bwd_main_dq_tiles or m_tiles == 1 else 0
+    num_mt = _bwd_main_num_mt(M, c2.block_m, cfg.bwd_main_dq_tiles)
     want = num_chunks if num_chunks is not None else _want_chunks(cfg, c2, N, BH, _sm_count(k.device))
     C2, chunk2 = _split_n(N, c2.block_n, want)
     dk = torch.empty((B, H, N, D), device=k.device, dtype=k.dtype)
@@ -856,6 +855,14 @@ def _run_bwd_main(q, k, v, z, dz, dy, lse_g, delta_g, lse_s, delta_s, cfg: Mixer
         num_warps=c2.num_warps, num_stages=c2.num_stages,
     )
     return dk, dv, dqp
+
+
+def _bwd_main_num_mt(M: int, block_m: int, dq_tiles: int) -> int:
+    """NUM_MT of the backward's second pass: 1 for one latent tile, the number of latent tiles when
+    their dQ stays in registers (at most ``dq_tiles``, and the kernel has four accumulators), else 0
+    (the dQ partial in memory)."""
+    m_tiles = -(-M // block_m)
+    return m_tiles if m_tiles == 1 or m_tiles <= min(dq_tiles, 4) else 0
 
 
 def _forward(q, k, v, cfg: MixerConfig, num_chunks: Optional[int]):

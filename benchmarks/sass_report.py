@@ -59,7 +59,7 @@ def mixer_kernel(args):
     get_fn, typed, ones = MIXER[args.kernel]
     fn = get_fn()
     params = set(inspect.signature(fn.fn).parameters)
-    consts = dict(D=args.D, BLOCK_M=args.block_m, BLOCK_N=args.block_n, BLOCK_D=max(16, 1 << (args.D - 1).bit_length()),
+    consts = dict(D=args.D, BLOCK_M=args.block_m, BLOCK_N=args.block_n, BLOCK_D=max(16, tm._next_pow2(args.D)),
                   DOT_PREC=args.prec, ONE_M_TILE=args.one_m_tile, NUM_MT=args.num_mt, EVEN_M=True)
     consts = {k: v for k, v in consts.items() if k in params}
     ptrs = {n for n in params if n.isupper()} - set(consts) - {"H", "M", "N", "C"}  # those four are sizes
@@ -71,7 +71,7 @@ def mlp_kernel(args):
     fn = fm._mlp_fwd_kernel if args.kernel == "mlp_fwd" else fm._mlp_bwd_kernel
     params = list(inspect.signature(fn.fn).parameters)
     w = args.width
-    block = max(16, 1 << (w - 1).bit_length())
+    block = fm._block(w)
     consts = dict(IN=w, HID=w, OUT=w, L=args.layers, BLOCK_T=args.block_t, BLOCK_IN=block, BLOCK_HID=block,
                   BLOCK_OUT=block, IN_RES=True, OUT_RES=True, SAVE=True, NORM=True, PARTIALS=True,
                   SLOT_A=block, SLOT_B=block, DOT_DTYPE=TL_DTYPES[args.dtype], DOT_PREC=args.prec)

@@ -269,6 +269,10 @@ def run_tune(case, args, rows):
         if name in ("gather", "scatter", "bwd_main"):
             variants += [dataclasses.replace(default_kc, programs_per_sm=p) for p in (2, 8)]
         variants.insert(0, default_kc)
+        if args.tune_occupancy:
+            # the default tiles under register caps, each with several program counts per SM
+            variants = [default_kc] + [dataclasses.replace(default_kc, maxnreg=r, programs_per_sm=p)
+                                       for r in (None, 128, 96) for p in (2, 3, 4, 6)]
         variants = [(kc, {}) for kc in dict.fromkeys(variants)]  # default first, no repeats
         if name == "bwd_main":
             # the other dQ path of the second pass for tiles where both exist (2 to 4 latent tiles)
@@ -289,10 +293,11 @@ def run_tune(case, args, rows):
             tag = "*" if kc == default_kc and not extra else " "
             more = "".join(f" {k_}={v_}" for k_, v_ in extra.items())
             print(f"  {tag}{name:>11} bm={kc.block_m:<4d} bn={kc.block_n:<4d} w={kc.num_warps} s={kc.num_stages} "
-                  f"pps={pps}{more}: {ms:8.4f} ms  err-vs-default {err:.1e}  {rep}", flush=True)
+                  f"pps={pps} maxnreg={kc.maxnreg}{more} C={tm.LAST_CHUNKS.get(key, '?')}: {ms:8.4f} ms  "
+                  f"err-vs-default {err:.1e}  {rep}", flush=True)
             rows.append(dict(case=case["name"], dtype=str(dtype).replace("torch.", ""), B=B, H=H, M=M, N=N, D=D,
                              impl=f"tune:{name}:bm{kc.block_m}:bn{kc.block_n}:w{kc.num_warps}:s{kc.num_stages}"
-                                  f":pps{pps}" + "".join(f":{k_}{v_}" for k_, v_ in extra.items()),
+                                  f":pps{pps}:r{kc.maxnreg}" + "".join(f":{k_}{v_}" for k_, v_ in extra.items()),
                              mode=name, ms=ms, peak_extra_mib=float("nan"),
                              hbm_floor_ms=float("nan")))
     # whole pipeline with the default tiles (and, for fp32, other dot precisions), vs float64
@@ -393,6 +398,8 @@ def main():
     ap.add_argument("--tune-stages", default="", help="comma-separated subset of gather,scatter,bwd_scatter,bwd_main")
     ap.add_argument("--tune-chunks", default="", help="with --tune: sweep these forced N-chunk counts per stage "
                     "(default tiles) instead of the tile sweep, e.g. 4,8,16,32")
+    ap.add_argument("--tune-occupancy", action="store_true",
+                    help="with --tune: the default tiles under register caps (maxnreg) x programs per SM")
     ap.add_argument("--overhead", action="store_true", help="host-side time per call at a small size, with a profile")
     ap.add_argument("--tf32", action="store_true", help="allow TF32 for fp32 matmuls (default: off, exact fp32)")
     ap.add_argument("--csv", default="results/bench/mixer.csv")

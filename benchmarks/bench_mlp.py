@@ -65,6 +65,7 @@ def main() -> None:
     ap.add_argument("--cases", default=",".join(CASES))
     ap.add_argument("--impls", default="torch,compiled,fused",
                     help="comma-separated: torch, compiled, fused, fused:<tokens>x<warps> (tile sweep)")
+    ap.add_argument("--tokens", type=int, help="tokens of every case instead of the case's own")
     ap.add_argument("--width", type=int, default=64)
     ap.add_argument("--layers", type=int, default=3)
     ap.add_argument("--profile", type=int, default=0, help="print the top K kernels of each case")
@@ -76,6 +77,7 @@ def main() -> None:
     rows = []
     for name in args.cases.split(","):
         tokens, dtype = CASES[name]
+        tokens = args.tokens or tokens
         for impl in args.impls.split(","):
             rows.append(run_case(name, tokens, dtype, impl, args))
             print(rows[-1], flush=True)

@@ -51,12 +51,12 @@ def main() -> int:
     w_out, b_out = rnd(OUT, HID, scale=HID ** -0.5), rnd(OUT, scale=0.1)
     print(f"T={T} in={IN} hidden={HID} out={OUT} L={L} residuals in={in_res} out={out_res} dot={args.dot} "
           f"partials<= {fm.PARTIALS_MAX_BYTES >> 20} MiB", flush=True)
-    y, s = fm._forward(x, w_in, b_in, w_hid, b_hid, w_out, b_out, None, None, 0.0, in_res, out_res, args.dot, True)
+    y, s = fm._forward(x, w_in, b_in, w_hid, b_hid, w_out, b_out, None, None, 0.0, in_res, out_res, False, args.dot, True)
     if dev == "cuda":
         torch.cuda.synchronize()
     print(f"forward ok: y {tuple(y.shape)} finite={bool(torch.isfinite(y).all())}, saved {tuple(s.shape)}", flush=True)
     dy = torch.randn_like(y)
-    dx, grads = fm._backward(dy, x, s, w_in, b_in, w_hid, b_hid, w_out, None, None, 0.0, in_res, out_res, args.dot)
+    dx, grads = fm._backward(dy, x, s, w_in, b_in, w_hid, b_hid, w_out, None, None, 0.0, in_res, out_res, False, args.dot)
     if dev == "cuda":
         torch.cuda.synchronize()
     print(f"backward ok: dx finite={bool(torch.isfinite(dx).all())}, grads finite={bool(torch.isfinite(grads).all())}",

@@ -73,7 +73,7 @@ def mlp_kernel(args):
     w = args.width
     block = fm._block(w)
     consts = dict(IN=w, HID=w, OUT=w, L=args.layers, BLOCK_T=args.block_t, BLOCK_IN=block, BLOCK_HID=block,
-                  BLOCK_OUT=block, IN_RES=True, OUT_RES=True, SAVE=True, NORM=True, PARTIALS=True,
+                  BLOCK_OUT=block, IN_RES=True, OUT_RES=True, ADD_X=args.add_x, SAVE=True, NORM=True, PARTIALS=True,
                   SLOT_A=block, SLOT_B=block, DOT_DTYPE=TL_DTYPES[args.dtype], DOT_PREC=args.prec)
     consts = {k: v for k, v in consts.items() if k in params}
     ptrs = {n for n in params if n.endswith("_ptr") or n in ("w_in", "b_in", "w_hid", "b_hid", "w_out", "b_out",
@@ -93,6 +93,7 @@ def main() -> int:
     ap.add_argument("--one-m-tile", action="store_true", help="scatter: all latents in one tile")
     ap.add_argument("--num-mt", type=int, default=0, help="bwd_main: latent tiles with dQ in registers (0: memory)")
     ap.add_argument("--width", type=int, default=64, help="mlp: channel width")
+    ap.add_argument("--add-x", action="store_true", help="mlp: with the block's skip connection (ADD_X)")
     ap.add_argument("--layers", type=int, default=2, help="mlp: hidden layers")
     ap.add_argument("--block-t", type=int, default=64, help="mlp: tokens per program")
     ap.add_argument("--warps", type=int, default=4)

@@ -151,7 +151,7 @@ def test_lno_paper_model_structure():
     cfg = model.config
     assert (cfg.channel_dim, cfg.num_modes, cfg.num_blocks, cfg.num_heads) == (128, 256, 4, 8)
     assert model.mode_proj.fc_out.weight.shape == (256, 128)  # one learned query per mode
-    assert len(model.trunk.fc_hidden) == 2 and model.blocks[0].mlp.fc_in.out_features == 256
+    assert model.trunk.num_layers == 2 and model.blocks[0].mlp.fc_in.out_features == 256
     assert paper_model("lno", "elasticity").config.channel_dim == 192
     assert paper_model("lno", "pipe").config.num_blocks == 8
     x = torch.randn(1, 10, 3)

@@ -24,6 +24,29 @@ def test_build_names_unknown_model_and_unknown_hyperparameter():
         build("flare", 1, 1, num_latentz=3)
 
 
+def test_residual_mlp_default_init_and_old_state_dicts():
+    # the stacked hidden layers start as nn.Linear layers created in the same order would
+    torch.manual_seed(3)
+    mlp = ResidualMLP(3, 6, 2, num_layers=2)
+    torch.manual_seed(3)
+    linears = [nn.Linear(3, 6), nn.Linear(6, 6), nn.Linear(6, 6), nn.Linear(6, 2)]
+    torch.testing.assert_close(mlp.hidden_weight, torch.stack([m.weight for m in linears[1:3]]), rtol=0, atol=0)
+    torch.testing.assert_close(mlp.hidden_bias, torch.stack([m.bias for m in linears[1:3]]), rtol=0, atol=0)
+    torch.testing.assert_close(mlp.fc_out.weight, linears[3].weight, rtol=0, atol=0)
+    # a state dict of the earlier layout (fc_hidden.{l}.weight / .bias) loads into the stacked one
+    old = {f"mlp.fc_in.{n}": getattr(linears[0], n) for n in ("weight", "bias")}
+    old.update({f"mlp.fc_out.{n}": getattr(linears[3], n) for n in ("weight", "bias")})
+    old.update({f"mlp.fc_hidden.{i}.{n}": getattr(linears[1 + i], n).detach() * 2
+                for i in range(2) for n in ("weight", "bias")})
+    holder = nn.Module()
+    holder.mlp = ResidualMLP(3, 6, 2, num_layers=2)
+    holder.load_state_dict(old)
+    torch.testing.assert_close(holder.mlp.hidden_weight[1], 2 * linears[2].weight.detach())
+    torch.testing.assert_close(holder.mlp.hidden_bias[0], 2 * linears[1].bias.detach())
+    with pytest.raises(RuntimeError, match="hidden_weight"):  # neither layout: a clear error
+        holder.load_state_dict({k: v for k, v in old.items() if "fc_hidden.1" not in k})
+
+
 def test_heads_must_divide_channels():
     with pytest.raises(ValueError, match="divisible"):
         build("flare", 1, 1, channel_dim=10, num_heads=4)
@@ -35,8 +58,8 @@ def test_residual_mlp_formula():
     x = torch.randn(5, 4)
     act = nn.GELU(approximate="tanh")
     h = act(mlp.fc_in(x)) + x
-    for layer in mlp.fc_hidden:
-        h = h + act(layer(h))
+    for w, b in zip(mlp.hidden_weight, mlp.hidden_bias):
+        h = h + act(h @ w.T + b)
     torch.testing.assert_close(mlp(x), mlp.fc_out(h) + h)
     # residuals only where widths agree; -1 layers is one Linear
     assert not ResidualMLP(3, 4, 4, 1, input_residual=True).input_residual
@@ -63,10 +86,10 @@ def test_forward_equals_hand_composition_of_spec_blocks():
 
 def test_structure_of_projections():
     model = build("flare", 3, 1, **TINY)
-    assert len(model.in_proj.fc_hidden) == 2 and not model.in_proj.input_residual and model.in_proj.output_residual
+    assert model.in_proj.hidden_weight.shape == (2, 16, 16) and not model.in_proj.input_residual and model.in_proj.output_residual
     assert model.out_proj.input_residual and not model.out_proj.output_residual
     block = model.blocks[0]
-    assert len(block.mixer.key_proj.fc_hidden) == 3 and len(block.mlp.fc_hidden) == 3
+    assert block.mixer.key_proj.num_layers == 3 and block.mlp.hidden_bias.shape == (3, 16)
     assert isinstance(model.out_norm, nn.LayerNorm)
     assert block.mixer.latent_queries.shape == (16, 8)
 
@@ -76,6 +99,9 @@ def test_initialisation():
     model = build("flare", 3, 1, channel_dim=64, num_blocks=4, num_heads=8, num_latents=64)
     weights = torch.cat([m.weight.flatten() for m in model.modules() if isinstance(m, nn.Linear)])
     biases = torch.cat([m.bias.flatten() for m in model.modules() if isinstance(m, nn.Linear)])
+    mlps = [m for m in model.modules() if isinstance(m, ResidualMLP) and m.num_layers]
+    weights = torch.cat([weights] + [m.hidden_weight.flatten() for m in mlps])
+    biases = torch.cat([biases] + [m.hidden_bias.flatten() for m in mlps])
     latents = torch.cat([b.mixer.latent_queries.flatten() for b in model.blocks])
     assert abs(weights.std().item() - 0.02) < 0.001 and biases.abs().max() == 0
     assert abs(latents.std().item() - 0.1) < 0.005

@@ -33,9 +33,9 @@ def make_pair(IN, HID, OUT, L, in_res, out_res, seed):
     return ref.double(), fused
 
 
-def compare(shape, dtype=torch.float32, tol=1e-5, lead=(), norm=False):
+def compare(shape, dtype=torch.float32, tol=1e-5, lead=(), norm=False, add_input=False):
     """Values and every gradient of the fused MLP against the torch path in float64; ``norm``: with a
-    LayerNorm in front (inside the fused kernels)."""
+    LayerNorm in front (inside the fused kernels); ``add_input``: x + MLP(norm(x))."""
     IN, HID, OUT, L, in_res, out_res, T = shape
     ref, fused = make_pair(IN, HID, OUT, L, in_res, out_res, seed=T)
     ln_ref = ln_fused = None
@@ -48,10 +48,10 @@ def compare(shape, dtype=torch.float32, tol=1e-5, lead=(), norm=False):
     x = 2.0 * torch.randn(*lead, T, IN, generator=g, dtype=torch.float64) + 0.5
     dy = torch.randn(*lead, T, OUT, generator=g, dtype=torch.float64)
     xr = x.clone().requires_grad_()
-    yr = ref(xr, norm=ln_ref)
+    yr = ref(xr, norm=ln_ref, add_input=add_input)
     yr.backward(dy)
     xf = x.to(DEVICE, dtype).requires_grad_()
-    yf = fused.to(dtype)(xf, norm=ln_fused)
+    yf = fused.to(dtype)(xf, norm=ln_fused, add_input=add_input)
     yf.backward(dy.to(DEVICE, dtype))
     assert yf.shape == yr.shape and yf.dtype == dtype
     errs = {"y": rel_err(yf, yr), "dx": rel_err(xf.grad, xr.grad)}
@@ -76,6 +76,19 @@ def test_fp32_values_and_grads(shape):
 def test_layer_norm_inside_the_kernels(shape):
     """LayerNorm(x) computed in the kernels: values and the gradients of x, the MLP and the norm."""
     compare(shape, norm=True)
+
+
+@pytest.mark.parametrize("norm", [False, True], ids=["plain", "norm"])
+@pytest.mark.parametrize("partials", [True, False], ids=["partials", "split-token"])
+def test_skip_connection_inside_the_kernels(norm, partials, monkeypatch):
+    """add_input: the block's x + MLP(LayerNorm(x)) with the sum in the kernels, both backward paths."""
+    if not partials:
+        monkeypatch.setattr(fm, "PARTIALS_MAX_BYTES", 0)
+    errs = compare((16, 32, 16, 1, False, True, 45), norm=norm, add_input=True)
+    assert errs["dx"] < 1e-5
+    _, fused = make_pair(16, 32, 8, 1, False, False, seed=1)
+    with pytest.raises(ValueError, match="add_input needs as many outputs as inputs"):
+        fused(torch.randn(3, 16, device=DEVICE), add_input=True)
 
 
 def test_layer_norm_split_token_path(monkeypatch):
@@ -182,12 +195,12 @@ def test_operator_schema_and_fake_tensors():
     _, fused = make_pair(12, 16, 4, 2, False, False, seed=5)
     x = torch.randn(21, 12, device=DEVICE, requires_grad=True)
     p = [t.detach().clone().requires_grad_() for t in (
-        fused.fc_in.weight, fused.fc_in.bias, torch.stack([m.weight for m in fused.fc_hidden]),
-        torch.stack([m.bias for m in fused.fc_hidden]), fused.fc_out.weight, fused.fc_out.bias)]
-    torch.library.opcheck(torch.ops.flare.fused_mlp_fwd.default, (x, *p, None, None, 0.0, False, False, "float32", True),
+        fused.fc_in.weight, fused.fc_in.bias, fused.hidden_weight, fused.hidden_bias,
+        fused.fc_out.weight, fused.fc_out.bias)]
+    torch.library.opcheck(torch.ops.flare.fused_mlp_fwd.default, (x, *p, None, None, 0.0, False, False, False, "float32", True),
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
     ln = [torch.randn(12, device=DEVICE, requires_grad=True) for _ in range(2)]
-    torch.library.opcheck(torch.ops.flare.fused_mlp_fwd.default, (x, *p, *ln, 1e-5, False, False, "float32", True),
+    torch.library.opcheck(torch.ops.flare.fused_mlp_fwd.default, (x, *p, *ln, 1e-5, False, False, True, "float32", True),
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
 
 

@@ -129,7 +129,10 @@ def test_no_weight_decay_on_biases_norms_and_latents():
     assert {n for n in no_decay_names if "latent" in n} == {"blocks.0.mixer.latent_queries",
                                                              "blocks.1.mixer.latent_queries"}
     assert all(n.endswith(("bias", "weight", "latent_queries")) for n in no_decay_names)
-    assert all(names[id(p)].endswith("weight") and p.ndim == 2 for p in decay["params"])
+    assert all(names[id(p)].endswith("weight") and p.ndim in (2, 3) for p in decay["params"])
+    # the residual MLPs' stacked hidden layers: weights [L, C, C] decay, biases [L, C] do not
+    assert "blocks.0.mlp.hidden_weight" in {names[id(p)] for p in decay["params"]}
+    assert "blocks.0.mlp.hidden_bias" in no_decay_names
     assert not any("norm" in names[id(p)] for p in decay["params"])
     assert decay["weight_decay"] == 1e-5 and no_decay["weight_decay"] == 0.0
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))

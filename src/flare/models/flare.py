@@ -31,7 +31,9 @@ class FLAREConfig:
     out_proj_ln: bool = True
     attn_backend: str = "reference"
     # residual MLPs (key / value projections, block MLPs, in / out projections): "torch", "triton"
-    # (one fused kernel forward and one backward, flare.ops.fused_mlp) or "auto" (triton on CUDA)
+    # (one fused kernel forward and one backward, flare.ops.fused_mlp) or "auto" (triton on CUDA);
+    # where they are fused, so is each mixer's output projection with its skip connection
+    # (flare.ops.fused_linear)
     mlp_backend: str = "torch"
     # recompute the in/out projections and each block in the backward instead of keeping their
     # activations: memory of about one block's activations plus the residual stream at each block
@@ -65,9 +67,12 @@ class FLAREMixer(nn.Module):
         """Latent queries ``[H, M, D]``."""
         return self.latent_queries.view(self.num_heads, self.head_dim, self.num_latents).transpose(1, 2)
 
-    def forward(self, u: torch.Tensor, norm: Optional[nn.Module] = None) -> torch.Tensor:
+    def forward(self, u: torch.Tensor, norm: Optional[nn.Module] = None, add_input: bool = False) -> torch.Tensor:
         """``u [B, N, C]``; ``norm`` is applied to u first (inside the fused MLP kernels when they run,
-        else once here for both projections)."""
+        else once here for both projections); ``add_input`` returns ``u + mixer(norm(u))`` (the block's
+        skip connection; with the fused MLPs the output projection, its head merge and this sum are one
+        kernel, flare.ops.fused_linear)."""
+        skip = u if add_input else None
         if norm is not None and not self.key_proj.fuses_norm(u, norm):
             u, norm = norm(u), None
         B, N, C = u.shape
@@ -75,7 +80,13 @@ class FLAREMixer(nn.Module):
         v = self.value_proj(u, norm=norm).view(B, N, self.num_heads, self.head_dim).transpose(1, 2)
         q = self.queries().to(k.dtype)
         y = flare_mixer(q, k, v, backend=self.backend)  # [B, H, N, D]
-        return self.out(y.transpose(1, 2).reshape(B, N, C))
+        if skip is not None and self.key_proj.uses_fused(skip):
+            from flare.ops.fused_linear import fused_head_merge_linear, head_merge_linear_supports  # triton
+
+            if head_merge_linear_supports(y, self.out.weight):
+                return fused_head_merge_linear(y, self.out.weight, self.out.bias, skip)
+        out = self.out(y.transpose(1, 2).reshape(B, N, C))
+        return out if skip is None else skip + out
 
 
 class FLAREBlock(nn.Module):
@@ -91,8 +102,8 @@ class FLAREBlock(nn.Module):
                                backend=cfg.mlp_backend)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.mixer(x, norm=self.norm1)
-        return x + self.mlp(x, norm=self.norm2)
+        x = self.mixer(x, norm=self.norm1, add_input=True)  # x + FLARE(LN(x))
+        return self.mlp(x, norm=self.norm2, add_input=True)  # x + MLP(LN(x))
 
 
 class FLARE(nn.Module):

@@ -30,7 +30,7 @@ on CPU tensors under ``TRITON_INTERPRET=1`` (set before the first import).
 """
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -117,7 +117,8 @@ if _TRITON_IMPORT_ERROR is None:
         T, IN: tl.constexpr, HID: tl.constexpr, OUT: tl.constexpr,
         L: tl.constexpr, BLOCK_T: tl.constexpr,
         BLOCK_IN: tl.constexpr, BLOCK_HID: tl.constexpr, BLOCK_OUT: tl.constexpr,
-        IN_RES: tl.constexpr, OUT_RES: tl.constexpr, SAVE: tl.constexpr, NORM: tl.constexpr,
+        IN_RES: tl.constexpr, OUT_RES: tl.constexpr, ADD_X: tl.constexpr, SAVE: tl.constexpr,
+        NORM: tl.constexpr,
         DOT_DTYPE: tl.constexpr, DOT_PREC: tl.constexpr,
     ):
         rows = (tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)[:, None]
@@ -127,6 +128,7 @@ if _TRITON_IMPORT_ERROR is None:
         co = tl.arange(0, BLOCK_OUT)[None, :]
         hmask = rmask & (ch < HID)
         x = tl.load(x_ptr + rows * IN + ci, mask=rmask & (ci < IN), other=0.0).to(tl.float32)
+        x_raw = x
         if NORM:
             x, _, _, _ = _layer_norm(x, ln_w, ln_b, eps, IN, BLOCK_IN)
         h = _gelu(_linear(x, w_in, b_in, HID, IN, BLOCK_IN, BLOCK_HID, DOT_DTYPE, DOT_PREC))
@@ -142,6 +144,8 @@ if _TRITON_IMPORT_ERROR is None:
         y = _linear(h, w_out, b_out, OUT, HID, BLOCK_HID, BLOCK_OUT, DOT_DTYPE, DOT_PREC)
         if OUT_RES:
             y += h
+        if ADD_X:  # the block's skip connection around the (normed) MLP; IN == OUT
+            y += x_raw
         tl.store(y_ptr + rows * OUT + co, y.to(y_ptr.dtype.element_ty), mask=rmask & (co < OUT))
 
     @triton.jit
@@ -163,7 +167,8 @@ if _TRITON_IMPORT_ERROR is None:
         T, IN: tl.constexpr, HID: tl.constexpr, OUT: tl.constexpr,
         L: tl.constexpr, BLOCK_T: tl.constexpr,
         BLOCK_IN: tl.constexpr, BLOCK_HID: tl.constexpr, BLOCK_OUT: tl.constexpr,
-        IN_RES: tl.constexpr, OUT_RES: tl.constexpr, PARTIALS: tl.constexpr, NORM: tl.constexpr,
+        IN_RES: tl.constexpr, OUT_RES: tl.constexpr, ADD_X: tl.constexpr, PARTIALS: tl.constexpr,
+        NORM: tl.constexpr,
         SLOT_A: tl.constexpr, SLOT_B: tl.constexpr,
         DOT_DTYPE: tl.constexpr, DOT_PREC: tl.constexpr,
     ):
@@ -230,6 +235,8 @@ if _TRITON_IMPORT_ERROR is None:
             c1 = tl.sum(dxhat * xhat, 1) / IN
             c2 = tl.sum(dxhat, 1) / IN
             dx = (dxhat - c2[:, None] - xhat * c1[:, None]) * rstd[:, None]
+        if ADD_X:  # the skip connection passes dy through (reloaded: keeping it live costs registers)
+            dx += tl.load(dy_ptr + rows * OUT + ci, mask=xmask, other=0.0).to(tl.float32)
         tl.store(dx_ptr + rows * IN + ci, dx.to(dx_ptr.dtype.element_ty), mask=xmask)
 
     @triton.jit
@@ -327,7 +334,7 @@ def split_grads(grads: torch.Tensor, IN: int, HID: int, OUT: int, L: int, norm: 
 
 
 def _forward(x, w_in, b_in, w_hid, b_hid, w_out, b_out, ln_w, ln_b, eps, input_residual, output_residual,
-             dot, save):
+             add_input, dot, save):
     T, IN, HID, OUT, L = _dims(x, w_in, w_hid, w_out)
     dot_dtype = _DTYPES[dot]
     y = torch.empty((T, OUT), device=x.device, dtype=x.dtype)
@@ -342,14 +349,15 @@ def _forward(x, w_in, b_in, w_hid, b_hid, w_out, b_out, ln_w, ln_b, eps, input_r
         ln_w if norm else b_in, ln_b if norm else b_in, float(eps),
         T, IN, HID, OUT,
         L=L, BLOCK_T=bt, BLOCK_IN=_block_in(IN, HID, dot), BLOCK_HID=_block(HID), BLOCK_OUT=_block(OUT),
-        IN_RES=input_residual, OUT_RES=output_residual, SAVE=save, NORM=norm, DOT_DTYPE=dtl, DOT_PREC=prec,
+        IN_RES=input_residual, OUT_RES=output_residual, ADD_X=add_input, SAVE=save, NORM=norm,
+        DOT_DTYPE=dtl, DOT_PREC=prec,
         num_warps=warps,
     )
     return y, s
 
 
 def _backward(dy, x, s, w_in, b_in, w_hid, b_hid, w_out, ln_w, ln_b, eps, input_residual, output_residual,
-              dot):
+              add_input, dot):
     """dx, and every parameter gradient in one flat fp32 tensor (``split_grads`` takes it apart): the
     weight gradients of every layer zero-padded to [L + 2, A, B] (input layer, hidden layers, output
     layer; A = padded max(HID, OUT), B = padded max(IN, HID)), the bias gradients [L + 2, A], and,
@@ -369,7 +377,7 @@ def _backward(dy, x, s, w_in, b_in, w_hid, b_hid, w_out, ln_w, ln_b, eps, input_
     dtl, prec = _dot_args(dot_dtype)
     tiles = triton.cdiv(T, bt)
     common = dict(L=L, BLOCK_T=bt, BLOCK_IN=bin_, BLOCK_HID=_block(HID), BLOCK_OUT=_block(OUT),
-                  IN_RES=input_residual, OUT_RES=output_residual, NORM=norm, SLOT_A=ba, SLOT_B=bb,
+                  IN_RES=input_residual, OUT_RES=output_residual, ADD_X=add_input, NORM=norm, SLOT_A=ba, SLOT_B=bb,
                   DOT_DTYPE=dtl, DOT_PREC=prec, num_warps=warps)
     ln = (ln_w if norm else b_in, ln_b if norm else b_in, float(eps))
 
@@ -429,15 +437,17 @@ def _backward(dy, x, s, w_in, b_in, w_hid, b_hid, w_out, ln_w, ln_b, eps, input_
 def _mlp_fwd_op(x: torch.Tensor, w_in: torch.Tensor, b_in: torch.Tensor, w_hid: torch.Tensor,
                 b_hid: torch.Tensor, w_out: torch.Tensor, b_out: torch.Tensor, ln_w: Optional[torch.Tensor],
                 ln_b: Optional[torch.Tensor], eps: float, input_residual: bool, output_residual: bool,
-                dot: str, save: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+                add_input: bool, dot: str, save: bool) -> Tuple[torch.Tensor, torch.Tensor]:
     """(y [T, OUT] in x's dtype, saved h_0 … h_L [L+1, T, HID] in the dot dtype, or empty); with
-    ``ln_w`` / ``ln_b`` the MLP runs on LayerNorm(x) (weight, bias, eps) computed in the kernel."""
+    ``ln_w`` / ``ln_b`` the MLP runs on LayerNorm(x) (weight, bias, eps) computed in the kernel;
+    ``add_input``: y is x + MLP(...)."""
     return _forward(x, w_in, b_in, w_hid, b_hid, w_out, b_out, ln_w, ln_b, eps, input_residual,
-                    output_residual, dot, save)
+                    output_residual, add_input, dot, save)
 
 
 @_mlp_fwd_op.register_fake
-def _(x, w_in, b_in, w_hid, b_hid, w_out, b_out, ln_w, ln_b, eps, input_residual, output_residual, dot, save):
+def _(x, w_in, b_in, w_hid, b_hid, w_out, b_out, ln_w, ln_b, eps, input_residual, output_residual, add_input,
+      dot, save):
     T, _, HID, OUT, L = _dims(x, w_in, w_hid, w_out)
     return (x.new_empty((T, OUT)),
             x.new_empty((L + 1, T, HID) if save else (0,), dtype=_DTYPES[dot]))
@@ -447,30 +457,32 @@ def _(x, w_in, b_in, w_hid, b_hid, w_out, b_out, ln_w, ln_b, eps, input_residual
 def _mlp_bwd_op(dy: torch.Tensor, x: torch.Tensor, s: torch.Tensor, w_in: torch.Tensor,
                 b_in: torch.Tensor, w_hid: torch.Tensor, b_hid: torch.Tensor, w_out: torch.Tensor,
                 ln_w: Optional[torch.Tensor], ln_b: Optional[torch.Tensor], eps: float,
-                input_residual: bool, output_residual: bool, dot: str
+                input_residual: bool, output_residual: bool, add_input: bool, dot: str
                 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """(dx, every parameter gradient in one flat fp32 tensor); see ``_backward`` and ``split_grads``."""
     return _backward(dy, x, s, w_in, b_in, w_hid, b_hid, w_out, ln_w, ln_b, eps, input_residual,
-                     output_residual, dot)
+                     output_residual, add_input, dot)
 
 
 @_mlp_bwd_op.register_fake
-def _(dy, x, s, w_in, b_in, w_hid, b_hid, w_out, ln_w, ln_b, eps, input_residual, output_residual, dot):
+def _(dy, x, s, w_in, b_in, w_hid, b_hid, w_out, ln_w, ln_b, eps, input_residual, output_residual, add_input,
+      dot):
     _, IN, HID, OUT, L = _dims(x, w_in, w_hid, w_out)
     return x.new_empty(x.shape), x.new_empty((sum(_grad_sizes(IN, HID, OUT, L, ln_w is not None, dot)),),
                                              dtype=torch.float32)
 
 
-_FWD_ARGS = 14  # inputs of flare::fused_mlp_fwd
+_FWD_ARGS = 15  # inputs of flare::fused_mlp_fwd
 
 
 def _setup(ctx, inputs, output):
-    x, w_in, b_in, w_hid, b_hid, w_out, b_out, ln_w, ln_b, eps, input_residual, output_residual, dot, save = inputs
+    (x, w_in, b_in, w_hid, b_hid, w_out, b_out, ln_w, ln_b, eps, input_residual, output_residual, add_input, dot,
+     save) = inputs
     if not save:
         raise RuntimeError("fused_residual_mlp: the forward ran without saving activations "
                            "but a gradient was requested")
     ctx.save_for_backward(x, output[1], w_in, b_in, w_hid, b_hid, w_out, ln_w, ln_b)
-    ctx.flags = (eps, input_residual, output_residual, dot)
+    ctx.flags = (eps, input_residual, output_residual, add_input, dot)
     # the saved activations are an output only to be saved: no zero-filled gradient for them
     # (512 MB of zeros per MLP at 1M points in bf16)
     ctx.mark_non_differentiable(output[1])
@@ -481,9 +493,9 @@ def _backward_rule(ctx, dy, _ds):
     if dy is None:  # the output did not reach the loss
         return (None,) * _FWD_ARGS
     x, s, w_in, b_in, w_hid, b_hid, w_out, ln_w, ln_b = ctx.saved_tensors
-    eps, input_residual, output_residual, dot = ctx.flags
+    eps, input_residual, output_residual, add_input, dot = ctx.flags
     dx, grads = _mlp_bwd_op(dy, x, s, w_in, b_in, w_hid, b_hid, w_out, ln_w, ln_b, eps,
-                            input_residual, output_residual, dot)
+                            input_residual, output_residual, add_input, dot)
     L, HID, IN, OUT = w_hid.shape[0], w_in.shape[0], w_in.shape[1], w_out.shape[0]
     dw, db, dln = split_grads(grads, IN, HID, OUT, L, ln_w is not None, dot)
     dln_w, dln_b = (dln[0], dln[1]) if ln_w is not None else (None, None)
@@ -525,25 +537,42 @@ def _check(x: torch.Tensor, weights: List[torch.Tensor], L: int) -> None:
                          f"out {tuple(w_out.shape)}")
 
 
-def fused_residual_mlp(x: torch.Tensor, w_in: torch.Tensor, b_in: torch.Tensor, w_hid: List[torch.Tensor],
-                       b_hid: List[torch.Tensor], w_out: torch.Tensor, b_out: torch.Tensor,
-                       input_residual: bool, output_residual: bool,
-                       norm: Optional[Tuple[torch.Tensor, torch.Tensor, float]] = None) -> torch.Tensor:
+def _stacked(t, empty: torch.Tensor) -> torch.Tensor:
+    if t is None:
+        return empty
+    if isinstance(t, torch.Tensor):
+        return t
+    return torch.stack(list(t)) if len(t) else empty
+
+
+def fused_residual_mlp(x: torch.Tensor, w_in: torch.Tensor, b_in: torch.Tensor,
+                       w_hid: Union[torch.Tensor, Sequence[torch.Tensor], None],
+                       b_hid: Union[torch.Tensor, Sequence[torch.Tensor], None], w_out: torch.Tensor,
+                       b_out: torch.Tensor, input_residual: bool, output_residual: bool,
+                       norm: Optional[Tuple[torch.Tensor, torch.Tensor, float]] = None,
+                       add_input: bool = False) -> torch.Tensor:
     """The residual MLP above on ``x [..., IN]`` -> ``[..., OUT]`` in x's dtype.
 
-    Weights are ``nn.Linear`` layout (``[out, in]``); ``w_hid`` / ``b_hid`` the hidden layers' lists.
+    Weights are ``nn.Linear`` layout (``[out, in]``); the hidden layers' weights ``w_hid`` [L, HID,
+    HID] and biases ``b_hid`` [L, HID] stacked (as ``ResidualMLP`` keeps them; a list of per-layer
+    tensors is stacked here, one more copy per call; None for no hidden layers).
     ``input_residual`` needs IN == HID and ``output_residual`` HID == OUT. ``norm = (weight, bias,
     eps)`` applies a LayerNorm over the IN features first, inside the kernels (the MLP's input and
-    its residual are the normalised x). Under autocast the dots run in the autocast dtype, otherwise
+    its residual are the normalised x). ``add_input`` returns ``x + MLP(...)`` (the un-normalised x;
+    IN == OUT): a block's skip connection, added in the kernel. Under autocast the dots run in the autocast dtype, otherwise
     in x's dtype. Differentiable in x and every weight and bias.
     """
-    L = len(w_hid)
     HID = w_in.shape[0]
-    w_stack = torch.stack(w_hid) if L else w_in.new_empty((0, HID, HID))
-    b_stack = torch.stack(b_hid) if L else b_in.new_empty((0, HID))
+    w_stack = _stacked(w_hid, w_in.new_empty((0, HID, HID)))
+    b_stack = _stacked(b_hid, b_in.new_empty((0, HID)))
+    L = w_stack.shape[0]
+    if b_stack.shape != (L, HID):
+        raise ValueError(f"the hidden biases must have shape ({L}, {HID}); got {tuple(b_stack.shape)}")
     _check(x, [w_in, w_stack, w_out], L)
     if input_residual and w_in.shape[1] != HID or output_residual and w_out.shape[0] != HID:
         raise ValueError("a residual connection needs equal widths on both sides")
+    if add_input and w_in.shape[1] != w_out.shape[0]:
+        raise ValueError(f"add_input needs as many outputs as inputs; got in {w_in.shape[1]}, out {w_out.shape[0]}")
     dot_dtype = dot_dtype_for(x)
     if dot_dtype not in _DTYPES.values():
         raise ValueError(f"unsupported dtype {dot_dtype} for the fused MLP")
@@ -559,5 +588,6 @@ def fused_residual_mlp(x: torch.Tensor, w_in: torch.Tensor, b_in: torch.Tensor, 
     params = tuple(p.contiguous() for p in params)
     if norm is None:
         params += (None, None)
-    y, _ = _mlp_fwd_op(x2, *params, float(eps), bool(input_residual), bool(output_residual), dot, save)
+    y, _ = _mlp_fwd_op(x2, *params, float(eps), bool(input_residual), bool(output_residual), bool(add_input),
+                       dot, save)
     return y.view(*lead, w_out.shape[0])

@@ -600,6 +600,9 @@ class KernelCfg:
     num_stages: int = 2
     # programs per SM to aim for on a split-N kernel (None: MixerConfig.programs_per_sm)
     programs_per_sm: Optional[int] = None
+    # register cap per thread handed to ptxas (None: its own choice); fewer registers let more
+    # programs reside on an SM, which pays where a kernel is latency-bound, at the price of spills
+    maxnreg: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -655,8 +658,12 @@ def default_config(M: int, D: int, N: int, dtype: torch.dtype, interpret: bool =
                            else KernelCfg(_clamp_pow2(M, 16, 32), 32, 4, 2))
             # the backward's second pass updates its dQ partial in memory: with the four latent tiles'
             # dQ in registers it spills (0.200 against 0.163 ms at the Darcy size, H100)
+            # scatter with TF32 dots: capped at 128 registers (161 otherwise; 2 spilled), 4 programs
+            # per SM: 0.0714 -> 0.0653 ms at the Darcy size (H100)
+            scatter = (KernelCfg(bm, 64, 4, 2, programs_per_sm=4, maxnreg=128) if fp32_precision == "tf32"
+                       else KernelCfg(bm, 64, 4, 2, programs_per_sm=8))
             return MixerConfig(
-                gather=KernelCfg(bm, 64, 4, 3, programs_per_sm=2), scatter=KernelCfg(bm, 64, 4, 2, programs_per_sm=8),
+                gather=KernelCfg(bm, 64, 4, 3, programs_per_sm=2), scatter=scatter,
                 bwd_scatter=bwd_scatter, bwd_main=KernelCfg(bm, 64, 4, 2), bwd_main_dq_tiles=0,
             )
         bm = _clamp_pow2(M, 16, 32)
@@ -687,7 +694,10 @@ def default_config(M: int, D: int, N: int, dtype: torch.dtype, interpret: bool =
         # (2 programs per SM, i.e. 17 chunks at N = 2^20, M = 256, H = 8, put 3 programs on 8 SMs and
         # cost 0.37 ms; 16 chunks, 256 programs, measured 0.872 against 0.903 ms for gather + merge)
         gather = KernelCfg(128, 64, 4, 3, programs_per_sm=8)
-        scatter = KernelCfg(64, 128, 4, 2, programs_per_sm=8)
+        # D <= 16: the scatter capped at 128 registers (167 otherwise; 6 spilled) with 4 programs per
+        # SM: 1.117 -> 1.070 ms at N = 2^20, M = 256, bf16 (H100)
+        scatter = (KernelCfg(64, 128, 4, 2, programs_per_sm=4, maxnreg=128) if bd == 16
+                   else KernelCfg(64, 128, 4, 2, programs_per_sm=8))
         bwd_scatter = KernelCfg(128, 64, 8, 3)
     bm = _clamp_pow2(M, 16, 64)
     if 64 < M <= 4 * bm and D <= 16:
@@ -747,6 +757,14 @@ def _q_strides(q: torch.Tensor) -> Tuple[int, int, int, int]:
     return tuple(q.stride())
 
 
+def _opts(kc: KernelCfg) -> dict:
+    """Launch options of a kernel configuration (warps, stages and, if set, the register cap)."""
+    opts = dict(num_warps=kc.num_warps, num_stages=kc.num_stages)
+    if kc.maxnreg is not None and not _interpreting():
+        opts["maxnreg"] = kc.maxnreg
+    return opts
+
+
 # --------------------------------------------------------------------------------------------
 # Forward / backward drivers
 # --------------------------------------------------------------------------------------------
@@ -773,7 +791,7 @@ def _run_gather(q, k, v, cfg: MixerConfig, num_chunks: Optional[int] = None):
         *_q_strides(q), *k.stride(), *v.stride(),
         H, M, N, D, chunk_len, C,
         BLOCK_M=g.block_m, BLOCK_N=g.block_n, BLOCK_D=bd, DOT_PREC=_dot_precision(k.dtype, cfg),
-        num_warps=g.num_warps, num_stages=g.num_stages,
+        **_opts(g),
     )
     z = torch.empty((BH, M, D), **f32)
     lse_g = torch.empty((BH, M), **f32)
@@ -799,7 +817,7 @@ def _run_scatter(q, k, z, cfg: MixerConfig, num_chunks: Optional[int] = None):
         H, M, N, D, chunk_len,
         BLOCK_M=s.block_m, BLOCK_N=s.block_n, BLOCK_D=bd,
         ONE_M_TILE=M <= s.block_m, EVEN_M=M % s.block_m == 0, DOT_PREC=_dot_precision(k.dtype, cfg),
-        num_warps=s.num_warps, num_stages=s.num_stages,
+        **_opts(s),
     )
     return y, lse_s
 
@@ -823,7 +841,7 @@ def _run_bwd_scatter(q, k, z, y, lse_s, dy, cfg: MixerConfig, num_chunks: Option
         *_q_strides(q), *k.stride(), *dy.stride(),
         H, M, N, D, chunk1, C1,
         BLOCK_M=c1.block_m, BLOCK_N=c1.block_n, BLOCK_D=bd, DOT_PREC=_dot_precision(k.dtype, cfg),
-        num_warps=c1.num_warps, num_stages=c1.num_stages,
+        **_opts(c1),
     )
     dz = torch.empty((BH, M, D), **f32)
     delta_g = torch.empty((BH, M), **f32)
@@ -852,7 +870,7 @@ def _run_bwd_main(q, k, v, z, dz, dy, lse_g, delta_g, lse_s, delta_s, cfg: Mixer
         H, M, N, D, chunk2, C2,
         BLOCK_M=c2.block_m, BLOCK_N=c2.block_n, BLOCK_D=bd, NUM_MT=num_mt, EVEN_M=M % c2.block_m == 0,
         DOT_PREC=_dot_precision(k.dtype, cfg),
-        num_warps=c2.num_warps, num_stages=c2.num_stages,
+        **_opts(c2),
     )
     return dk, dv, dqp
 

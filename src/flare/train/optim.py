@@ -10,7 +10,8 @@ from flare.train.config import TrainConfig
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Two groups: weights with decay; biases, normalisation weights and latent queries without.
 
-    Normalisation weights and biases are the 1-D parameters; a model names further exclusions
+    Normalisation weights and biases are the 1-D parameters and those named ``*bias`` (a residual
+    MLP's stacked hidden biases are [layers, width]); a model names further exclusions
     (FLARE's latent queries) through an optional ``no_weight_decay()`` method.
     """
     extra = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
@@ -18,7 +19,7 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        (no_decay if param.ndim < 2 or name in extra else decay).append(param)
+        (no_decay if param.ndim < 2 or name.endswith("bias") or name in extra else decay).append(param)
     return [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},

@@ -41,6 +41,10 @@ MIXER = {
 }
 
 
+# integer arguments compiled as multiples of 16, as triton specializes them at launch (--div16)
+DIV16: set = set()
+
+
 def signature(fn, consts, typed_ptrs, other_ptrs, ones, ptr_type):
     names = list(inspect.signature(fn.fn).parameters)
     sig, attrs = {}, {}
@@ -52,6 +56,8 @@ def signature(fn, consts, typed_ptrs, other_ptrs, ones, ptr_type):
             attrs[(i,)] = [["tt.divisibility", 16]]
         else:
             sig[name] = "fp32" if name == "eps" else "i32"
+            if name in DIV16:
+                attrs[(i,)] = [["tt.divisibility", 16]]
     return sig, {**consts, **{n: 1 for n in ones}}, attrs
 
 
@@ -60,7 +66,8 @@ def mixer_kernel(args):
     fn = get_fn()
     params = set(inspect.signature(fn.fn).parameters)
     consts = dict(D=args.D, BLOCK_M=args.block_m, BLOCK_N=args.block_n, BLOCK_D=max(16, tm._next_pow2(args.D)),
-                  DOT_PREC=args.prec, ONE_M_TILE=args.one_m_tile, NUM_MT=args.num_mt, EVEN_M=True)
+                  DOT_PREC=args.prec, ONE_M_TILE=args.one_m_tile, NUM_MT=args.num_mt, EVEN_M=True,
+                  GRAD_TOKEN_MAJOR=args.token_major)
     consts = {k: v for k, v in consts.items() if k in params}
     ptrs = {n for n in params if n.isupper()} - set(consts) - {"H", "M", "N", "C"}  # those four are sizes
     return fn, signature(fn, consts, set(typed.split()), ptrs - set(typed.split()), set(ones.split()),
@@ -92,6 +99,7 @@ def main() -> int:
     ap.add_argument("--block-n", type=int, default=64)
     ap.add_argument("--one-m-tile", action="store_true", help="scatter: all latents in one tile")
     ap.add_argument("--num-mt", type=int, default=0, help="bwd_main: latent tiles with dQ in registers (0: memory)")
+    ap.add_argument("--token-major", action="store_true", help="bwd_main: dK and dV in [B, N, H, D] memory")
     ap.add_argument("--width", type=int, default=64, help="mlp: channel width")
     ap.add_argument("--add-x", action="store_true", help="mlp: with the block's skip connection (ADD_X)")
     ap.add_argument("--layers", type=int, default=2, help="mlp: hidden layers")
@@ -100,8 +108,11 @@ def main() -> int:
     ap.add_argument("--stages", type=int, default=2)
     ap.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 (H100 / H200)")
     ap.add_argument("--top", type=int, default=30, help="instruction kinds to list")
+    ap.add_argument("--div16", default="", help="integer arguments (e.g. strides) taken as multiples of 16, "
+                    "as triton specializes them at launch; comma-separated")
     ap.add_argument("--sass", default=None, help="also write the SASS listing here")
     args = ap.parse_args()
+    DIV16.update(n for n in args.div16.split(",") if n)
 
     fn, (sig, consts, attrs) = (mlp_kernel if args.kernel.startswith("mlp") else mixer_kernel)(args)
     compiled = triton.compile(ASTSource(fn, sig, consts, attrs), target=GPUTarget("cuda", args.arch, 32),

@@ -196,6 +196,46 @@ def test_operator_gradients_match_reference():
         assert rel_err(got, want) < 1e-5
 
 
+def token_major_inputs(k, v):
+    """Leaves [B, N, H, D] holding k and v, and a list that receives the strides of the gradients the
+    mixer hands back for their [B, H, N, D] views."""
+    leaves = [t.transpose(1, 2).contiguous().requires_grad_() for t in (k, v)]
+    strides = []
+    for t in leaves:
+        t.register_hook(lambda g: strides.append(g.transpose(1, 2).stride()))
+    return leaves, strides
+
+
+@pytest.mark.parametrize("dq_tiles", [0, 4], ids=["dq-memory", "dq-registers"])
+def test_token_major_inputs_get_token_major_gradients(dq_tiles):
+    """k and v handed out token-major ([B, N, H, D] memory, as the model's projections do): dK and dV
+    come back in that layout (no transposed copy before the projections' backward) and are right."""
+    q, k, v, dy = make_inputs(2, 3, 40, 45, 8, True, torch.float32, seed=8)
+    leaves, strides = token_major_inputs(k, v)
+    cfg = dataclasses.replace(tm.default_config(40, 8, 45, torch.float32, interpret=tm._interpreting()),
+                              bwd_main_dq_tiles=dq_tiles)
+    y = tm.flare_mixer_triton_impl(q, *[t.transpose(1, 2) for t in leaves], config=cfg)
+    y.backward(dy)
+    _, grads_ref = run_reference(q, k, v, dy)
+    assert strides == [(45 * 3 * 8, 8, 3 * 8, 1)] * 2
+    for got, want in zip((t.grad.transpose(1, 2) for t in leaves), grads_ref[1:]):
+        assert rel_err(got, want) < 1e-5
+    torch.library.opcheck(torch.ops.flare.triton_mixer_fwd.default,
+                          (q, *[t.detach().transpose(1, 2).requires_grad_() for t in leaves]))
+
+
+def test_large_token_major_inputs_get_contiguous_gradients(monkeypatch):
+    """Above GRAD_TOKEN_MAJOR_MAX_BYTES the gradients are contiguous [B, H, N, D] again."""
+    monkeypatch.setattr(tm, "GRAD_TOKEN_MAJOR_MAX_BYTES", 1000)
+    q, k, v, dy = make_inputs(1, 2, 16, 40, 8, True, torch.float32, seed=9)
+    leaves, strides = token_major_inputs(k, v)
+    tm.flare_mixer_triton(q, *[t.transpose(1, 2) for t in leaves]).backward(dy)
+    _, grads_ref = run_reference(q, k, v, dy)
+    assert strides == [(2 * 40 * 8, 40 * 8, 8, 1)] * 2  # contiguous [B, H, N, D]
+    for got, want in zip((t.grad.transpose(1, 2) for t in leaves), grads_ref[1:]):
+        assert rel_err(got, want) < 1e-5
+
+
 def test_operator_schema_and_fake_tensors():
     """torch.library's own checks: schema, fake (meta) shapes against real outputs, autograd."""
     q, k, v, _ = make_inputs(1, 2, 16, 40, 8, True, torch.float32, seed=6)

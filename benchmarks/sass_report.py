@@ -111,12 +111,16 @@ def main() -> int:
     ap.add_argument("--div16", default="", help="integer arguments (e.g. strides) taken as multiples of 16, "
                     "as triton specializes them at launch; comma-separated")
     ap.add_argument("--sass", default=None, help="also write the SASS listing here")
+    ap.add_argument("--ptx", default=None, help="also write the PTX here")
     args = ap.parse_args()
     DIV16.update(n for n in args.div16.split(",") if n)
 
     fn, (sig, consts, attrs) = (mlp_kernel if args.kernel.startswith("mlp") else mixer_kernel)(args)
     compiled = triton.compile(ASTSource(fn, sig, consts, attrs), target=GPUTarget("cuda", args.arch, 32),
                               options=dict(num_warps=args.warps, num_stages=args.stages))
+    if args.ptx:
+        with open(args.ptx, "w") as f:
+            f.write(compiled.asm["ptx"])
     cubin = f"/tmp/sass_report_{os.getpid()}.cubin"
     with open(cubin, "wb") as f:
         f.write(compiled.asm["cubin"])

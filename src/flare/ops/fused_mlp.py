@@ -54,24 +54,47 @@ def fused_mlp_available() -> bool:
 
 
 if _TRITON_IMPORT_ERROR is None:
-    _SQRT_2_OVER_PI = tl.constexpr(0.7978845608028654)
-    _GELU_C = tl.constexpr(0.044715)
+    # tanh GELU through the logistic function: gelu(a) = a·σ(2u), u = √(2/π)(a + 0.044715 a³), and
+    # gelu'(a) = σ(2u)·(1 + 2 a (1 − σ(2u)) √(2/π)(1 + 3·0.044715 a²)). With e = exp(2u) = 2^(a(C1 + C2 a²))
+    # and r = 1 / (e + 1): σ(2u) = e·r and 1 − σ(2u) = r, with no cancellation for large |a|. The
+    # exponent is capped at 80 (σ is 1 in fp32 long before), so e + 1 stays finite.
+    _SQRT_2_OVER_PI = 0.7978845608028654
+    _GELU_C = 0.044715
+    _LOG2E = 1.4426950408889634
+    _C1 = tl.constexpr(2.0 * _SQRT_2_OVER_PI * _LOG2E)
+    _C2 = tl.constexpr(2.0 * _SQRT_2_OVER_PI * _GELU_C * _LOG2E)
+    _C3 = tl.constexpr(2.0 * _SQRT_2_OVER_PI)
+    _C4 = tl.constexpr(6.0 * _SQRT_2_OVER_PI * _GELU_C)
+    _EXP2_CAP = tl.constexpr(80.0 * _LOG2E)
+    # the interpreter runs no inline PTX
+    _APPROX_RCP = tl.constexpr(not _interpreting())
 
     @triton.jit
-    def _tanh_parts(a):
-        """tanh(√(2/π)(a + 0.044715 a³)) for the tanh GELU, as 1 − 2 / (e^{2u} + 1); the exponent is
-        capped at 80 (tanh is 1 in fp32 long before), so nothing overflows."""
-        u = _SQRT_2_OVER_PI * (a + _GELU_C * a * a * a)
-        return 1.0 - 2.0 / (tl.exp(tl.minimum(2.0 * u, 80.0)) + 1.0)
+    def _rcp(x):
+        """1 / x for x >= 1: one MUFU.RCP (rcp.approx, 1 ulp) instead of div.full's range checks."""
+        if _APPROX_RCP:
+            return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32,
+                                             is_pure=True, pack=1)
+        else:
+            return 1.0 / x
+
+    @triton.jit
+    def _sigmoid_parts(a):
+        """(σ(2u), 1 − σ(2u), a²) of the tanh GELU's argument u."""
+        a2 = a * a
+        e = tl.exp2(tl.minimum(a * (_C1 + _C2 * a2), _EXP2_CAP))
+        r = _rcp(e + 1.0)
+        return e * r, r, a2
 
     @triton.jit
     def _gelu(a):
-        return 0.5 * a * (1.0 + _tanh_parts(a))
+        s, _, _ = _sigmoid_parts(a)
+        return a * s
 
     @triton.jit
     def _gelu_grad(a):
-        t = _tanh_parts(a)
-        return 0.5 * (1.0 + t) + 0.5 * a * (1.0 - t * t) * _SQRT_2_OVER_PI * (1.0 + 3.0 * _GELU_C * a * a)
+        s, r, a2 = _sigmoid_parts(a)
+        return s + (s * a * r) * (_C3 + _C4 * a2)
 
     @triton.jit
     def _load_wt(w_ptr, n_out, n_in, BLOCK_IN: tl.constexpr, BLOCK_OUT: tl.constexpr):

@@ -28,20 +28,25 @@ for k in $KERNELS; do
     "${CMD[@]}" > "$OUT/ncu_${CASE}_$k.csv" 2> "$OUT/ncu_${CASE}_$k.log"
   echo "== $k"
   python - "$OUT/ncu_${CASE}_$k.csv" <<'PY'
-import csv, sys
-rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 5]
+import csv, io, sys
+lines = open(sys.argv[1]).read().splitlines()  # the benchmark's own output comes first
+start = next((i for i, line in enumerate(lines) if line.startswith('"ID"')), None)
+rows = list(csv.reader(io.StringIO("\n".join(lines[start:])))) if start is not None else []
 if len(rows) < 3:
     print("  no data"); sys.exit()
 head, units, vals = rows[0], rows[1], rows[2]
+print(f"  grid {vals[head.index('Grid Size')]} block {vals[head.index('Block Size')]}")
 stalls = []
 for h, u, v in zip(head, units, vals):
     if "issue_stalled" in h:
         try:
-            stalls.append((float(v), h.split("stalled_")[1].split("_per")[0]))
+            stalls.append((float(v.replace(",", "")), h.split("stalled_")[1].split("_per")[0]))
         except ValueError:
             pass
-    elif h.startswith(("gpu__", "launch__", "sm__", "smsp__")):
-        print(f"  {h:70s} {v} {u}")
-print("  stalls (warps per issue):", ", ".join(f"{n} {v:.2f}" for v, n in sorted(stalls, reverse=True)[:8]))
+    elif h.startswith(("gpu__time", "launch__registers", "launch__occupancy_limit", "launch__waves",
+                       "launch__shared_mem_per_block ", "sm__", "smsp__")) and ".max" not in h and ".min" not in h:
+        print(f"  {h:72s} {v} {u}")
+print("  stalls (warps per issued instruction):",
+      ", ".join(f"{n} {v:.2f}" for v, n in sorted(stalls, reverse=True)[:8]))
 PY
 done

@@ -6,7 +6,7 @@ import torch
 from flare.models import build
 from flare.ops import fused_linear as fl
 from flare.ops import fused_mlp as fm
-from tests.ops.kernels import DEVICE, rel_err  # noqa: F401
+from tests.ops.kernels import DEVICE, INTERPRETED, rel_err  # noqa: F401
 from tests.ops.kernels import no_tf32  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.skipif(not fm.fused_mlp_available(), reason="triton is not importable"),
@@ -42,6 +42,39 @@ def test_values_and_grads(B, H, N, D, COUT, layout, monkeypatch):
     for name, a, r in zip("ywbx", ours, ref):
         assert a.grad.shape == r.shape, name
         assert rel_err(a.grad, r.grad) < 1e-5, name
+
+
+def test_fp16_inputs():
+    """y, weight and bias in fp16 (dots in fp16, fp32 sums), x fp32: within fp16 rounding."""
+    g = torch.Generator().manual_seed(3)
+    y, w, b = (torch.randn(*shape, generator=g) for shape in ((2, 4, 33, 4), (16, 16), (16,)))
+    x = torch.randn(2, 33, 16, generator=g)
+    leaves = [t.to(DEVICE, dt).clone().requires_grad_() for t, dt in
+              ((y, torch.float16), (w, torch.float16), (b, torch.float16), (x, torch.float32))]
+    out = fl.fused_head_merge_linear(*leaves)
+    assert out.dtype == torch.float32
+    ref = [t.detach().double().requires_grad_() for t in (y, w, b, x)]
+    expect = reference(*ref)
+    assert rel_err(out, expect) < 1e-2
+    dout = torch.randn(out.shape, generator=g)
+    out.backward(dout.to(DEVICE))
+    expect.backward(dout.double())
+    for name, a, r in zip("ywbx", leaves, ref):
+        assert a.grad.dtype == a.dtype and rel_err(a.grad, r.grad) < 1e-2, name
+
+
+@pytest.mark.skipif(INTERPRETED, reason="the Triton interpreter's tl.dot multiplies bf16 bit patterns; bf16 is tested on GPU")
+def test_bf16_autocast_matches_torch_autocast():
+    """Under autocast (the 1M-point setting) the dots run in bf16: as nn.Linear + add under autocast."""
+    g = torch.Generator().manual_seed(4)
+    y = torch.randn(1, 8, 5000, 8, generator=g).to(DEVICE, torch.bfloat16)
+    lin = torch.nn.Linear(64, 64).to(DEVICE)
+    x = torch.randn(1, 5000, 64, generator=g).to(DEVICE)
+    with torch.autocast(DEVICE, dtype=torch.bfloat16):
+        ours = fl.fused_head_merge_linear(y, lin.weight, lin.bias, x)
+        theirs = x + lin(y.transpose(1, 2).reshape(1, 5000, 64))
+    assert ours.dtype == theirs.dtype == torch.float32
+    assert rel_err(ours, theirs) < 1e-2
 
 
 def test_bad_shapes_named():

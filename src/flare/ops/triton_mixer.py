@@ -73,30 +73,15 @@ if _TRITON_IMPORT_ERROR is None:
     _LOG2E = tl.constexpr(1.4426950408889634)
 
     @triton.jit
-    def _with_ones_column(t, offs_d, D: tl.constexpr, BLOCK_D: tl.constexpr):
-        """t [rows, BLOCK_D] with column D set to one when the head dim leaves padding (D < BLOCK_D):
-        the softmax's dot with t then also yields the row sums of its weights, in column D of the
-        accumulator, rescaled with it, instead of a reduction over the tile per step."""
-        if D < BLOCK_D:
-            t = tl.where(offs_d[None, :] == D, 1.0, t).to(t.dtype)
-        return t
-
-    @triton.jit
-    def _column(acc, offs_d, col: tl.constexpr):
-        return tl.sum(tl.where(offs_d[None, :] == col, acc, 0.0), 1)
-
-    @triton.jit
-    def _gather_tile(q, k_base, v_base, tile_k, tile_v, rel, skn, svn, n_mask, d_mask, offs_d,
-                     m_i, l_i, acc, MASK_N: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
-                     DOT_PREC: tl.constexpr):
-        """One token tile of the gather's online softmax (m_i in natural units). With D < BLOCK_D the
-        row sums accumulate in column D of acc and l_i is left alone."""
+    def _gather_tile(q, k_base, v_base, tile_k, tile_v, rel, skn, svn, n_mask, d_mask,
+                     m_i, l_i, acc, MASK_N: tl.constexpr, DOT_PREC: tl.constexpr):
+        """One token tile of the gather's online softmax (m_i in natural units)."""
         if MASK_N:
             kv_mask = n_mask[:, None] & d_mask[None, :]
         else:
             kv_mask = d_mask[None, :]
         k = tl.load(k_base + rel * skn + tile_k, mask=kv_mask, other=0.0)
-        v = _with_ones_column(tl.load(v_base + rel * svn + tile_v, mask=kv_mask, other=0.0), offs_d, D, BLOCK_D)
+        v = tl.load(v_base + rel * svn + tile_v, mask=kv_mask, other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
         if MASK_N:
             s = tl.where(n_mask[None, :], s, float("-inf"))
@@ -105,8 +90,7 @@ if _TRITON_IMPORT_ERROR is None:
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new) * _LOG2E
         alpha = tl.exp2(m_i * _LOG2E - m_safe)
         p = tl.exp2(s * _LOG2E - m_safe[:, None])
-        if D == BLOCK_D:
-            l_i = l_i * alpha + tl.sum(p, 1)
+        l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
         acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PREC)
         return m_new, l_i, acc
@@ -153,14 +137,11 @@ if _TRITON_IMPORT_ERROR is None:
         for start in range(n_start, n_full, BLOCK_N):
             rel = (start - n_start).to(tl.int64)
             m_i, l_i, acc = _gather_tile(q, k_base, v_base, tile_k, tile_v, rel, skn, svn, offs_n < BLOCK_N,
-                                         d_mask, offs_d, m_i, l_i, acc, False, D, BLOCK_D, DOT_PREC)
+                                         d_mask, m_i, l_i, acc, False, DOT_PREC)
         if n_full < n_end:
             rel = (n_full - n_start).to(tl.int64)
             m_i, l_i, acc = _gather_tile(q, k_base, v_base, tile_k, tile_v, rel, skn, svn,
-                                         (n_full + offs_n) < n_end, d_mask, offs_d, m_i, l_i, acc, True, D,
-                                         BLOCK_D, DOT_PREC)
-        if D < BLOCK_D:
-            l_i = _column(acc, offs_d, D)
+                                         (n_full + offs_n) < n_end, d_mask, m_i, l_i, acc, True, DOT_PREC)
 
         row = (pid_bh.to(tl.int64) * C + pid_c) * M + offs_m
         tl.store(MP + row, m_i * _LOG2E, mask=m_mask)
@@ -242,7 +223,6 @@ if _TRITON_IMPORT_ERROR is None:
             md_mask = m_mask[:, None] & d_mask[None, :]
             q1 = tl.load(q_base + offs_mt[:, None] * sqm + offs_d[None, :] * sqd, mask=md_mask, other=0.0)
             z1 = tl.load(z_base + offs_mt[:, None] * D + offs_d[None, :], mask=md_mask, other=0.0).to(q1.dtype)
-            z1 = _with_ones_column(z1, offs_d, D, BLOCK_D)
 
         for start in range(n_start, n_end, BLOCK_N):
             rel = (start - n_start).to(tl.int64)
@@ -255,8 +235,7 @@ if _TRITON_IMPORT_ERROR is None:
                     s = tl.where(m_mask[None, :], s, float("-inf"))
                 m_i = tl.max(s, 1) * _LOG2E
                 p = tl.exp2(s * _LOG2E - m_i[:, None])
-                if D == BLOCK_D:
-                    l_i = tl.sum(p, 1)
+                l_i = tl.sum(p, 1)
                 acc = tl.dot(p.to(k.dtype), z1, input_precision=DOT_PREC)
             else:
                 m_i = tl.full([BLOCK_N], float("-inf"), tl.float32)
@@ -267,8 +246,8 @@ if _TRITON_IMPORT_ERROR is None:
                     m_mask = offs_m < M
                     md_mask = m_mask[:, None] & d_mask[None, :]
                     q = tl.load(q_base + offs_m[:, None] * sqm + offs_d[None, :] * sqd, mask=md_mask, other=0.0)
-                    z = _with_ones_column(tl.load(z_base + offs_m[:, None] * D + offs_d[None, :], mask=md_mask,
-                                                  other=0.0).to(k.dtype), offs_d, D, BLOCK_D)
+                    z = tl.load(z_base + offs_m[:, None] * D + offs_d[None, :], mask=md_mask,
+                                other=0.0).to(k.dtype)
                     s = tl.dot(k, tl.trans(q), input_precision=DOT_PREC)
                     if not EVEN_M:
                         s = tl.where(m_mask[None, :], s, float("-inf"))
@@ -276,13 +255,10 @@ if _TRITON_IMPORT_ERROR is None:
                     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
                     alpha = tl.exp2(m_i - m_safe)
                     p = tl.exp2(s * _LOG2E - m_safe[:, None])
-                    if D == BLOCK_D:
-                        l_i = l_i * alpha + tl.sum(p, 1)
+                    l_i = l_i * alpha + tl.sum(p, 1)
                     acc = acc * alpha[:, None]
                     acc = tl.dot(p.to(k.dtype), z, acc, input_precision=DOT_PREC)
                     m_i = m_new
-            if D < BLOCK_D:  # the row sums came with the dot, in column D
-                l_i = _column(acc, offs_d, D)
             l_safe = tl.where(l_i > 0.0, l_i, 1.0)
             y = acc / l_safe[:, None]
             rows = tok0 + rel + offs_n

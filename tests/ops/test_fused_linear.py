@@ -45,10 +45,11 @@ def test_values_and_grads(B, H, N, D, COUT, layout, monkeypatch):
 
 
 def test_fp16_inputs():
-    """y, weight and bias in fp16 (dots in fp16, fp32 sums), x fp32: within fp16 rounding."""
+    """y, weight and bias in fp16 (dots in fp16, fp32 sums), x fp32: within fp16 rounding; 16 inputs,
+    24 outputs (16-bit tiles padded to one width)."""
     g = torch.Generator().manual_seed(3)
-    y, w, b = (torch.randn(*shape, generator=g) for shape in ((2, 4, 33, 4), (16, 16), (16,)))
-    x = torch.randn(2, 33, 16, generator=g)
+    y, w, b = (torch.randn(*shape, generator=g) for shape in ((2, 4, 33, 4), (24, 16), (24,)))
+    x = torch.randn(2, 33, 24, generator=g)
     leaves = [t.to(DEVICE, dt).clone().requires_grad_() for t, dt in
               ((y, torch.float16), (w, torch.float16), (b, torch.float16), (x, torch.float32))]
     out = fl.fused_head_merge_linear(*leaves)

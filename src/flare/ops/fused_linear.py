@@ -89,6 +89,13 @@ def _sizes(y: torch.Tensor, w: torch.Tensor) -> Tuple[int, int, int, int, int, i
     return B, H, N, D, w.shape[1], w.shape[0]
 
 
+def _blocks(CIN: int, COUT: int, dot: str) -> Tuple[int, int]:
+    """(BLOCK_IN, BLOCK_OUT). 16-bit dots get one width for both: a 16-bit operand tile narrower than
+    its partner miscompiled in the fused MLP (triton 3.6, sm_90; see flare.ops.fused_mlp._block_in)."""
+    bi, bo = _fm._block(CIN), _fm._block(COUT)
+    return (bi, bo) if dot == "float32" else (max(bi, bo),) * 2
+
+
 def _forward(y, w, b, x, dot):
     B, H, N, D, CIN, COUT = _sizes(y, w)
     T = B * N
@@ -97,9 +104,10 @@ def _forward(y, w, b, x, dot):
         return out
     bt, warps = _fm._tile(max(CIN, COUT), _interpreting())
     dtl, prec = _fm._dot_args(_fm._DTYPES[dot])
+    bi, bo = _blocks(CIN, COUT, dot)
     _merge_linear_fwd_kernel[(triton.cdiv(T, bt),)](
         y, w, b, x, out, T, N, y.stride(0), y.stride(2), y.stride(1), y.stride(3),
-        CIN=CIN, COUT=COUT, D=D, BLOCK_T=bt, BLOCK_IN=_fm._block(CIN), BLOCK_OUT=_fm._block(COUT),
+        CIN=CIN, COUT=COUT, D=D, BLOCK_T=bt, BLOCK_IN=bi, BLOCK_OUT=bo,
         DOT_DTYPE=dtl, DOT_PREC=prec, num_warps=warps,
     )
     return out
@@ -113,7 +121,7 @@ BWD_PROGRAMS_PER_SM = 2
 def _backward(dout, y, w, dot):
     B, H, N, D, CIN, COUT = _sizes(y, w)
     T = B * N
-    bo, bi = _fm._block(COUT), _fm._block(CIN)
+    bi, bo = _blocks(CIN, COUT, dot)
     dy = torch.empty((T, CIN), device=y.device, dtype=y.dtype)
     if T == 0:
         return dy, torch.zeros((bo * bi + bo,), device=y.device, dtype=torch.float32)
@@ -151,7 +159,7 @@ def _bwd_op(dout: torch.Tensor, y: torch.Tensor, w: torch.Tensor, dot: str) -> T
 
 @_bwd_op.register_fake
 def _(dout, y, w, dot):
-    bo, bi = _fm._block(w.shape[0]), _fm._block(w.shape[1])
+    bi, bo = _blocks(w.shape[1], w.shape[0], dot)
     return (y.new_empty((y.shape[0] * y.shape[2], w.shape[1])),
             torch.empty((bo * bi + bo,), device=y.device, dtype=torch.float32))
 
@@ -167,7 +175,7 @@ def _backward_rule(ctx, dout):
     y, w = ctx.saved_tensors
     B, H, N, D, CIN, COUT = _sizes(y, w)
     dy, grads = _bwd_op(dout, y, w, ctx.dot)
-    bo, bi = _fm._block(COUT), _fm._block(CIN)
+    bi, bo = _blocks(CIN, COUT, ctx.dot)
     dw = grads[:bo * bi].view(bo, bi)[:COUT, :CIN].to(ctx.w_dtype)
     db = grads[bo * bi:][:COUT].to(ctx.b_dtype)
     dy = dy.view(B, N, H, D).transpose(1, 2)  # token-major memory, [B, H, N, D] shape

@@ -224,15 +224,25 @@ if _TRITON_IMPORT_ERROR is None:
         for step in tl.static_range(L):
             layer = L - 1 - step
             h = tl.load(s_ptr + (layer * T + rows) * HID + ch, mask=hmask, other=0.0)
-            a = _linear(h.to(tl.float32), w_hid + layer * HID * HID, b_hid + layer * HID, HID, HID,
-                        BLOCK_HID, BLOCK_HID, DOT_DTYPE, DOT_PREC)
+            if DOT_DTYPE == tl.float32:
+                # fp32: the weight loaded twice; kept live between its two dots it spills (the
+                # Darcy-size MLP backward +5 %, H100)
+                a = _linear(h.to(tl.float32), w_hid + layer * HID * HID, b_hid + layer * HID, HID, HID,
+                            BLOCK_HID, BLOCK_HID, DOT_DTYPE, DOT_PREC)
+            else:
+                # 16-bit: one load serves the recomputation (h Wᵀ) and the chain (da W): 1M tokens
+                # in bf16, 21.9 -> 20.7 ms of MLP backward per step (H100)
+                w = _load_w(w_hid + layer * HID * HID, HID, HID, BLOCK_HID, BLOCK_HID).to(DOT_DTYPE)
+                a = tl.dot(h.to(DOT_DTYPE), tl.trans(w), input_precision=DOT_PREC) + _load_b(
+                    b_hid + layer * HID, HID, BLOCK_HID)
             da = dh * _gelu_grad(a)
             if PARTIALS:
                 _partial_wgrad(dw_ptr, db_ptr, 1 + layer, da, h, BLOCK_HID, BLOCK_HID, SLOT_A, SLOT_B,
                                DOT_DTYPE, DOT_PREC)
             else:
                 tl.store(da_ptr + ((layer + 1) * T + rows) * HID + ch, da.to(da_ptr.dtype.element_ty), mask=hmask)
-            w = _load_w(w_hid + layer * HID * HID, HID, HID, BLOCK_HID, BLOCK_HID).to(DOT_DTYPE)
+            if DOT_DTYPE == tl.float32:
+                w = _load_w(w_hid + layer * HID * HID, HID, HID, BLOCK_HID, BLOCK_HID).to(DOT_DTYPE)
             dh += tl.dot(da.to(DOT_DTYPE), w, input_precision=DOT_PREC)
         xmask = rmask & (ci < IN)
         x = tl.load(x_ptr + rows * IN + ci, mask=xmask, other=0.0).to(tl.float32)

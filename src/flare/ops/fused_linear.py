@@ -90,10 +90,9 @@ def _sizes(y: torch.Tensor, w: torch.Tensor) -> Tuple[int, int, int, int, int, i
 
 
 def _blocks(CIN: int, COUT: int, dot: str) -> Tuple[int, int]:
-    """(BLOCK_IN, BLOCK_OUT). 16-bit dots get one width for both: a 16-bit operand tile narrower than
-    its partner miscompiled in the fused MLP (triton 3.6, sm_90; see flare.ops.fused_mlp._block_in)."""
-    bi, bo = _fm._block(CIN), _fm._block(COUT)
-    return (bi, bo) if dot == "float32" else (max(bi, bo),) * 2
+    """(BLOCK_IN, BLOCK_OUT): the fused MLP's padding rule (``_block_in``) both ways, so 16-bit dots get
+    one width for both (a 16-bit operand tile narrower than its partner miscompiles, triton 3.6, sm_90)."""
+    return _fm._block_in(CIN, COUT, dot), _fm._block_in(COUT, CIN, dot)
 
 
 def _forward(y, w, b, x, dot):

@@ -668,12 +668,12 @@ def default_config(M: int, D: int, N: int, dtype: torch.dtype, interpret: bool =
             # meant 1.3 or 1.6 waves (gather 0.064 -> 0.055 ms, pass 1 0.143 -> 0.125 ms, H100)
             bwd_scatter = (KernelCfg(bm, 64, 4, 2, programs_per_sm=2) if fp32_precision == "tf32"
                            else KernelCfg(_clamp_pow2(M, 16, 32), 32, 4, 2))
-            # the backward's second pass updates its dQ partial in memory: with the four latent tiles'
-            # dQ in registers it spills (0.200 against 0.163 ms at the Darcy size, H100)
             # scatter with TF32 dots: capped at 128 registers (161 otherwise; 2 spilled), 4 programs
             # per SM: 0.0714 -> 0.0653 ms at the Darcy size (H100)
             scatter = (KernelCfg(bm, 64, 4, 2, programs_per_sm=4, maxnreg=128) if fp32_precision == "tf32"
                        else KernelCfg(bm, 64, 4, 2, programs_per_sm=8))
+            # the backward's second pass updates its dQ partial in memory: with the four latent tiles'
+            # dQ in registers it spills (0.200 against 0.163 ms at the Darcy size, H100)
             return MixerConfig(
                 gather=KernelCfg(bm, 64, 4, 3, programs_per_sm=2), scatter=scatter,
                 bwd_scatter=bwd_scatter, bwd_main=KernelCfg(bm, 64, 4, 2), bwd_main_dq_tiles=0,
@@ -872,8 +872,8 @@ def _run_bwd_main(q, k, v, z, dz, dy, lse_g, delta_g, lse_s, delta_s, cfg: Mixer
     num_mt = _bwd_main_num_mt(M, c2.block_m, cfg.bwd_main_dq_tiles)
     want = num_chunks if num_chunks is not None else _want_chunks(cfg, c2, N, BH, _sm_count(k.device))
     C2, chunk2 = _split_n(N, c2.block_n, want)
-    # in k's and v's layout: the model's projections hand them out token-major ([B, N, H, D] memory),
-    # and gradients of that layout need no transposed copy before the projections' backward
+    # both in k's layout when k is token-major and small (_token_major): the model's projections hand
+    # k and v out so, and gradients of that layout need no transposed copy before their backward
     token_major = _token_major(k)
     dk = _grad_like(k, k.dtype, token_major)
     dv = _grad_like(k, v.dtype, token_major)
@@ -1043,7 +1043,9 @@ def _mixer_bwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, y: torch.Te
 
 @_mixer_bwd_op.register_fake
 def _(q, k, v, y, z, lse_g, lse_s, dy):
-    return torch.empty_like(q, memory_format=torch.contiguous_format), _grad_like(k, k.dtype, _token_major(k)), _grad_like(k, v.dtype, _token_major(k))
+    token_major = _token_major(k)
+    return (torch.empty_like(q, memory_format=torch.contiguous_format), _grad_like(k, k.dtype, token_major),
+            _grad_like(k, v.dtype, token_major))
 
 
 def _mixer_op_setup(ctx, inputs, output):

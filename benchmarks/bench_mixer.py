@@ -274,8 +274,10 @@ def run_tune(case, args, rows):
         variants.insert(0, default_kc)
         if args.tune_occupancy:
             # the default tiles under register caps, each with several program counts per SM
+            regs = [None if r == "none" else int(r) for r in args.tune_regs.split(",")]
+            pps_list = [int(p) for p in args.tune_pps.split(",")]
             variants = [default_kc] + [dataclasses.replace(default_kc, maxnreg=r, programs_per_sm=p)
-                                       for r in (None, 128, 96) for p in (2, 3, 4, 6)]
+                                       for r in regs for p in pps_list]
         variants = [(kc, {}) for kc in dict.fromkeys(variants)]  # default first, no repeats
         if name == "bwd_main":
             # the other dQ path of the second pass for tiles where both exist (2 to 4 latent tiles)
@@ -401,6 +403,9 @@ def main():
     ap.add_argument("--tune-stages", default="", help="comma-separated subset of gather,scatter,bwd_scatter,bwd_main")
     ap.add_argument("--tune-chunks", default="", help="with --tune: sweep these forced N-chunk counts per stage "
                     "(default tiles) instead of the tile sweep, e.g. 4,8,16,32")
+    ap.add_argument("--tune-regs", default="none,128,96",
+                    help="with --tune-occupancy: register caps to try (comma-separated, 'none' for no cap)")
+    ap.add_argument("--tune-pps", default="2,3,4,6", help="with --tune-occupancy: programs per SM to try")
     ap.add_argument("--tune-occupancy", action="store_true",
                     help="with --tune: the default tiles under register caps (maxnreg) x programs per SM")
     ap.add_argument("--overhead", action="store_true", help="host-side time per call at a small size, with a profile")

@@ -12,14 +12,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-from pathlib import Path
 
 import pandas as pd
 import torch
 
 from flare.models.layers import ResidualMLP
 from flare.ops import fused_mlp
-from timing import cuda_event_times, profiled_kernels
+from timing import cuda_event_times, profiled_kernels, write_table
 
 CASES = {  # name -> (tokens, autocast dtype or None)
     "darcy_fp32_tf32": (2 * 85 * 85, None),
@@ -28,9 +27,11 @@ CASES = {  # name -> (tokens, autocast dtype or None)
 
 
 def run_case(name: str, tokens: int, dtype, impl: str, args) -> dict:
-    """impl: torch, compiled, fused or fused:<tokens per program>x<warps>."""
+    """impl: torch, compiled, fused or fused:<tokens per program>x<warps>[x<register cap>]."""
     impl, _, tile = impl.partition(":")
-    fused_mlp.TILE_OVERRIDE = tuple(int(v) for v in tile.split("x")) if tile else None
+    parts = [int(v) for v in tile.split("x")] if tile else []
+    fused_mlp.TILE_OVERRIDE = tuple(parts[:2]) if parts else None
+    fused_mlp.MAXNREG = parts[2] if len(parts) > 2 else None
     torch.manual_seed(0)
     ref = ResidualMLP(args.width, args.width, args.width, args.layers, True, True, backend="torch").cuda()
     mlp = copy.deepcopy(ref)
@@ -64,7 +65,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", default=",".join(CASES))
     ap.add_argument("--impls", default="torch,compiled,fused",
-                    help="comma-separated: torch, compiled, fused, fused:<tokens>x<warps> (tile sweep)")
+                    help="comma-separated: torch, compiled, fused, fused:<tokens>x<warps>[x<register cap>] (tile sweep)")
     ap.add_argument("--tokens", type=int, help="tokens of every case instead of the case's own")
     ap.add_argument("--width", type=int, default=64)
     ap.add_argument("--layers", type=int, default=3)
@@ -81,10 +82,7 @@ def main() -> None:
         for impl in args.impls.split(","):
             rows.append(run_case(name, tokens, dtype, impl, args))
             print(rows[-1], flush=True)
-    table = pd.DataFrame(rows)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(args.out, index=False)
-    print(table.drop(columns=["device"]).to_markdown(index=False, floatfmt=".4g"))
+    write_table(rows, args.out)
 
 
 if __name__ == "__main__":

@@ -78,10 +78,15 @@ def mlp_kernel(args):
     fn = fm._mlp_fwd_kernel if args.kernel == "mlp_fwd" else fm._mlp_bwd_kernel
     params = list(inspect.signature(fn.fn).parameters)
     w = args.width
+    win, wout = args.in_width or w, args.out_width or w
     block = fm._block(w)
-    consts = dict(IN=w, HID=w, OUT=w, L=args.layers, BLOCK_T=args.block_t, BLOCK_IN=block, BLOCK_HID=block,
-                  BLOCK_OUT=block, IN_RES=True, OUT_RES=True, ADD_X=args.add_x, SAVE=True, NORM=True, PARTIALS=True,
-                  SLOT_A=block, SLOT_B=block, DOT_DTYPE=TL_DTYPES[args.dtype], DOT_PREC=args.prec)
+    dot = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[args.dtype]
+    slot_a, slot_b = fm._grad_blocks(win, w, wout)
+    # the kernels' own constants for these widths (residuals only where the widths match, as ResidualMLP)
+    consts = dict(IN=win, HID=w, OUT=wout, L=args.layers, BLOCK_T=args.block_t, BLOCK_IN=fm._block_in(win, w, dot),
+                  BLOCK_HID=block, BLOCK_OUT=fm._block(wout), IN_RES=win == w, OUT_RES=wout == w, ADD_X=args.add_x,
+                  SAVE=True, NORM=True, PARTIALS=True, SLOT_A=slot_a, SLOT_B=slot_b, DOT_DTYPE=TL_DTYPES[args.dtype],
+                  DOT_PREC=args.prec)
     consts = {k: v for k, v in consts.items() if k in params}
     ptrs = {n for n in params if n.endswith("_ptr") or n in ("w_in", "b_in", "w_hid", "b_hid", "w_out", "b_out",
                                                                "ln_w", "ln_b")}
@@ -101,11 +106,14 @@ def main() -> int:
     ap.add_argument("--num-mt", type=int, default=0, help="bwd_main: latent tiles with dQ in registers (0: memory)")
     ap.add_argument("--token-major", action="store_true", help="bwd_main: dK and dV in [B, N, H, D] memory")
     ap.add_argument("--width", type=int, default=64, help="mlp: channel width")
+    ap.add_argument("--in-width", type=int, default=None, help="mlp: input width (default: --width)")
+    ap.add_argument("--out-width", type=int, default=None, help="mlp: output width (default: --width)")
     ap.add_argument("--add-x", action="store_true", help="mlp: with the block's skip connection (ADD_X)")
     ap.add_argument("--layers", type=int, default=2, help="mlp: hidden layers")
     ap.add_argument("--block-t", type=int, default=64, help="mlp: tokens per program")
     ap.add_argument("--warps", type=int, default=4)
     ap.add_argument("--stages", type=int, default=2)
+    ap.add_argument("--maxnreg", type=int, default=None, help="register cap per thread")
     ap.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 (H100 / H200)")
     ap.add_argument("--top", type=int, default=30, help="instruction kinds to list")
     ap.add_argument("--div16", default="", help="integer arguments (e.g. strides) taken as multiples of 16, "
@@ -117,7 +125,8 @@ def main() -> int:
 
     fn, (sig, consts, attrs) = (mlp_kernel if args.kernel.startswith("mlp") else mixer_kernel)(args)
     compiled = triton.compile(ASTSource(fn, sig, consts, attrs), target=GPUTarget("cuda", args.arch, 32),
-                              options=dict(num_warps=args.warps, num_stages=args.stages))
+                              options=dict(num_warps=args.warps, num_stages=args.stages,
+                                           **({"maxnreg": args.maxnreg} if args.maxnreg else {})))
     if args.ptx:
         with open(args.ptx, "w") as f:
             f.write(compiled.asm["ptx"])

@@ -2,6 +2,9 @@
 ``python benchmarks/<script>.py``: this folder is then on the import path)."""
 from __future__ import annotations
 
+from pathlib import Path
+
+import pandas as pd
 import torch
 
 
@@ -59,9 +62,6 @@ def graph_replay_ms(fn, reps: int) -> float:
 
 def write_table(rows: list[dict], out: str) -> None:
     """The result rows as a csv at ``out`` and as a markdown table on stdout (without the device column)."""
-    import pandas as pd
-    from pathlib import Path
-
     table = pd.DataFrame(rows)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(out, index=False)

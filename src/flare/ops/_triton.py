@@ -35,6 +35,12 @@ def fp32_dot_precision() -> str:
     return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
 
 
+def register_cap(maxnreg: Optional[int]) -> dict:
+    """Launch option capping a kernel's registers per thread (ptxas ``.maxnreg``); none when no cap is
+    set or under the interpreter, which has no registers to cap."""
+    return {"maxnreg": maxnreg} if maxnreg is not None and not interpreting() else {}
+
+
 def sm_count(device: torch.device) -> int:
     """Multiprocessors of a CUDA device (cached); 4 for the CPU interpreter."""
     if device.type != "cuda":

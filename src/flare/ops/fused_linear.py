@@ -213,9 +213,6 @@ def fused_head_merge_linear(y: torch.Tensor, weight: torch.Tensor, bias: torch.T
     if y.device.type == "cpu" and not _interpreting():
         raise RuntimeError("the fused head-merge linear got CPU tensors; run on a CUDA device or set "
                            "TRITON_INTERPRET=1 before importing flare.ops (CPU interpreter, slow)")
-    dot_dtype = _fm.dot_dtype_for(y)
-    if dot_dtype not in _fm._DTYPES.values():
-        raise ValueError(f"unsupported dtype {dot_dtype} for the fused head-merge linear")
-    dot = str(dot_dtype).removeprefix("torch.")
+    dot = _fm.dot_name_for(y, "the fused head-merge linear")
     out = _fwd_op(y, weight.contiguous(), bias.contiguous(), x.reshape(B * N, COUT).contiguous(), dot)
     return out.view(B, N, COUT)

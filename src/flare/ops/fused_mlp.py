@@ -37,6 +37,7 @@ import torch
 from flare.ops._triton import IMPORT_ERROR as _TRITON_IMPORT_ERROR
 from flare.ops._triton import fp32_dot_precision
 from flare.ops._triton import interpreting as _interpreting
+from flare.ops._triton import register_cap
 from flare.ops._triton import sm_count as _sm_count
 from flare.ops._triton import tl, triton
 
@@ -333,10 +334,6 @@ def _tile(hidden: int, interpret: bool) -> Tuple[int, int]:
     return (64, 4) if _block(hidden) <= 64 else (32, 4)
 
 
-def _reg_opts() -> dict:
-    return {"maxnreg": MAXNREG} if MAXNREG is not None and not _interpreting() else {}
-
-
 def _dot_args(dot_dtype: torch.dtype):
     if dot_dtype == torch.float32:
         return tl.float32, fp32_dot_precision()
@@ -393,7 +390,7 @@ def _forward(x, w_in, b_in, w_hid, b_hid, w_out, b_out, ln_w, ln_b, eps, input_r
         L=L, BLOCK_T=bt, BLOCK_IN=_block_in(IN, HID, dot), BLOCK_HID=_block(HID), BLOCK_OUT=_block(OUT),
         IN_RES=input_residual, OUT_RES=output_residual, ADD_X=add_input, SAVE=save, NORM=norm,
         DOT_DTYPE=dtl, DOT_PREC=prec,
-        num_warps=warps, **_reg_opts(),
+        num_warps=warps, **register_cap(MAXNREG),
     )
     return y, s
 
@@ -420,7 +417,7 @@ def _backward(dy, x, s, w_in, b_in, w_hid, b_hid, w_out, ln_w, ln_b, eps, input_
     tiles = triton.cdiv(T, bt)
     common = dict(L=L, BLOCK_T=bt, BLOCK_IN=bin_, BLOCK_HID=_block(HID), BLOCK_OUT=_block(OUT),
                   IN_RES=input_residual, OUT_RES=output_residual, ADD_X=add_input, NORM=norm, SLOT_A=ba, SLOT_B=bb,
-                  DOT_DTYPE=dtl, DOT_PREC=prec, num_warps=warps, **_reg_opts())
+                  DOT_DTYPE=dtl, DOT_PREC=prec, num_warps=warps, **register_cap(MAXNREG))
     ln = (ln_w if norm else b_in, ln_b if norm else b_in, float(eps))
 
     if tiles * (L + 2) * ba * bb * 4 <= PARTIALS_MAX_BYTES:
@@ -555,6 +552,15 @@ def dot_dtype_for(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
+def dot_name_for(x: torch.Tensor, what: str) -> str:
+    """``dot_dtype_for(x)`` as the operators' ``dot`` argument ("float32", "bfloat16", "float16");
+    a ValueError naming ``what`` for any other dtype."""
+    dot_dtype = dot_dtype_for(x)
+    if dot_dtype not in _DTYPES.values():
+        raise ValueError(f"unsupported dtype {dot_dtype} for {what}")
+    return str(dot_dtype).removeprefix("torch.")
+
+
 def fused_mlp_supports(x: torch.Tensor, in_dim: int, hidden_dim: int, out_dim: int) -> bool:
     """Whether ``fused_residual_mlp`` runs an MLP of these widths on ``x`` (triton imported, CUDA or
     the interpreter, widths up to MAX_WIDTH)."""
@@ -601,8 +607,8 @@ def fused_residual_mlp(x: torch.Tensor, w_in: torch.Tensor, b_in: torch.Tensor,
     ``input_residual`` needs IN == HID and ``output_residual`` HID == OUT. ``norm = (weight, bias,
     eps)`` applies a LayerNorm over the IN features first, inside the kernels (the MLP's input and
     its residual are the normalised x). ``add_input`` returns ``x + MLP(...)`` (the un-normalised x;
-    IN == OUT): a block's skip connection, added in the kernel. Under autocast the dots run in the autocast dtype, otherwise
-    in x's dtype. Differentiable in x and every weight and bias.
+    IN == OUT): a block's skip connection, added in the kernel. Under autocast the dots run in the
+    autocast dtype, otherwise in x's dtype. Differentiable in x and every weight and bias.
     """
     HID = w_in.shape[0]
     w_stack = _stacked(w_hid, w_in.new_empty((0, HID, HID)))
@@ -615,10 +621,7 @@ def fused_residual_mlp(x: torch.Tensor, w_in: torch.Tensor, b_in: torch.Tensor,
         raise ValueError("a residual connection needs equal widths on both sides")
     if add_input and w_in.shape[1] != w_out.shape[0]:
         raise ValueError(f"add_input needs as many outputs as inputs; got in {w_in.shape[1]}, out {w_out.shape[0]}")
-    dot_dtype = dot_dtype_for(x)
-    if dot_dtype not in _DTYPES.values():
-        raise ValueError(f"unsupported dtype {dot_dtype} for the fused MLP")
-    dot = str(dot_dtype).removeprefix("torch.")
+    dot = dot_name_for(x, "the fused MLP")
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1]).contiguous()
     ln_w, ln_b, eps = norm if norm is not None else (None, None, 0.0)

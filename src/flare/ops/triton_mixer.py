@@ -53,6 +53,7 @@ import torch
 from flare.ops._triton import IMPORT_ERROR as _TRITON_IMPORT_ERROR
 from flare.ops._triton import fp32_dot_precision
 from flare.ops._triton import interpreting as _interpreting
+from flare.ops._triton import register_cap
 from flare.ops._triton import sm_count as _sm_count
 from flare.ops._triton import tl, triton
 
@@ -771,10 +772,7 @@ def _q_strides(q: torch.Tensor) -> Tuple[int, int, int, int]:
 
 def _opts(kc: KernelCfg) -> dict:
     """Launch options of a kernel configuration (warps, stages and, if set, the register cap)."""
-    opts = dict(num_warps=kc.num_warps, num_stages=kc.num_stages)
-    if kc.maxnreg is not None and not _interpreting():
-        opts["maxnreg"] = kc.maxnreg
-    return opts
+    return dict(num_warps=kc.num_warps, num_stages=kc.num_stages, **register_cap(kc.maxnreg))
 
 
 # --------------------------------------------------------------------------------------------

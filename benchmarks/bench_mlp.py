@@ -27,7 +27,11 @@ CASES = {  # name -> (tokens, autocast dtype or None)
 
 
 def run_case(name: str, tokens: int, dtype, impl: str, args) -> dict:
-    """impl: torch, compiled, fused or fused:<tokens per program>x<warps>[x<register cap>]."""
+    """impl: torch, compiled, fused or fused:<tokens per program>x<warps>[x<register cap>], either
+    fused one optionally with @acc / @plain (TF32 operands in accumulator order or not)."""
+    label = impl
+    impl, _, order = impl.partition("@")
+    fused_mlp.ACC_ORDER = {"": None, "acc": True, "plain": False}[order]
     impl, _, tile = impl.partition(":")
     parts = [int(v) for v in tile.split("x")] if tile else []
     fused_mlp.TILE_OVERRIDE = tuple(parts[:2]) if parts else None
@@ -53,10 +57,11 @@ def run_case(name: str, tokens: int, dtype, impl: str, args) -> dict:
     times = cuda_event_times(step, args.warmup, args.reps)
     kernel_ms, launches, events = profiled_kernels(step)
     if args.profile:
-        print(f"-- {name} {impl}{':' + tile if tile else ''}: {kernel_ms:.3f} ms of kernels in {launches} launches")
+        print(f"-- {name} {label}: {kernel_ms:.3f} ms of kernels in {launches} launches")
         for e in sorted(events, key=lambda e: -e.self_device_time_total)[:args.profile]:
             print(f"   {e.self_device_time_total / 1e3:8.4f} ms  x{e.count:<4d} {e.key[:100]}")
-    return {"case": name, "impl": impl + (f":{tile}" if tile else ""), "tokens": tokens, "ms_median": float(pd.Series(times).median()),
+    fused_mlp.ACC_ORDER = None
+    return {"case": name, "impl": label, "tokens": tokens, "ms_median": float(pd.Series(times).median()),
             "kernel_ms": kernel_ms, "launches": launches, "rel_err_vs_torch": err,
             "device": torch.cuda.get_device_name()}
 
@@ -65,7 +70,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", default=",".join(CASES))
     ap.add_argument("--impls", default="torch,compiled,fused",
-                    help="comma-separated: torch, compiled, fused, fused:<tokens>x<warps>[x<register cap>] (tile sweep)")
+                    help="comma-separated: torch, compiled, fused, fused:<tokens>x<warps>[x<register cap>] (tile "
+                    "sweep); a fused one may end in @acc or @plain (TF32 operands in accumulator order or not)")
     ap.add_argument("--tokens", type=int, help="tokens of every case instead of the case's own")
     ap.add_argument("--width", type=int, default=64)
     ap.add_argument("--layers", type=int, default=3)

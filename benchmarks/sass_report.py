@@ -6,6 +6,7 @@ nothing about time, but spills, a register count above 255 / programs per SM, a 
 
     PYTHONPATH=src python benchmarks/sass_report.py bwd_main --dtype fp32 --prec tf32 --D 4 --num-mt 0
     PYTHONPATH=src python benchmarks/sass_report.py bwd_main --dtype bf16 --D 16 --num-mt 4 --stages 2
+    PYTHONPATH=src python benchmarks/sass_report.py bwd_scatter --dtype fp32 --prec tf32 --D 4 --acc-order
     PYTHONPATH=src python benchmarks/sass_report.py mlp_bwd --dtype fp32 --prec tf32 --width 64
     PYTHONPATH=src python benchmarks/sass_report.py gather --dtype bf16 --D 16 --block-m 128 --sass out.sass
 
@@ -67,7 +68,7 @@ def mixer_kernel(args):
     params = set(inspect.signature(fn.fn).parameters)
     consts = dict(D=args.D, BLOCK_M=args.block_m, BLOCK_N=args.block_n, BLOCK_D=max(16, tm._next_pow2(args.D)),
                   DOT_PREC=args.prec, ONE_M_TILE=args.one_m_tile, NUM_MT=args.num_mt, EVEN_M=True,
-                  GRAD_TOKEN_MAJOR=args.token_major)
+                  GRAD_TOKEN_MAJOR=args.token_major, ACC_ORDER=args.acc_order)
     consts = {k: v for k, v in consts.items() if k in params}
     ptrs = {n for n in params if n.isupper()} - set(consts) - {"H", "M", "N", "C"}  # those four are sizes
     return fn, signature(fn, consts, set(typed.split()), ptrs - set(typed.split()), set(ones.split()),
@@ -86,7 +87,7 @@ def mlp_kernel(args):
     consts = dict(IN=win, HID=w, OUT=wout, L=args.layers, BLOCK_T=args.block_t, BLOCK_IN=fm._block_in(win, w, dot),
                   BLOCK_HID=block, BLOCK_OUT=fm._block(wout), IN_RES=win == w, OUT_RES=wout == w, ADD_X=args.add_x,
                   SAVE=True, NORM=True, PARTIALS=True, SLOT_A=slot_a, SLOT_B=slot_b, DOT_DTYPE=TL_DTYPES[args.dtype],
-                  DOT_PREC=args.prec)
+                  DOT_PREC=args.prec, ACC_ORDER=args.acc_order)
     consts = {k: v for k, v in consts.items() if k in params}
     ptrs = {n for n in params if n.endswith("_ptr") or n in ("w_in", "b_in", "w_hid", "b_hid", "w_out", "b_out",
                                                                "ln_w", "ln_b")}
@@ -105,6 +106,8 @@ def main() -> int:
     ap.add_argument("--one-m-tile", action="store_true", help="scatter: all latents in one tile")
     ap.add_argument("--num-mt", type=int, default=0, help="bwd_main: latent tiles with dQ in registers (0: memory)")
     ap.add_argument("--token-major", action="store_true", help="bwd_main: dK and dV in [B, N, H, D] memory")
+    ap.add_argument("--acc-order", action="store_true",
+                    help="TF32: dot operands taken from accumulators in their register order (ACC_ORDER)")
     ap.add_argument("--width", type=int, default=64, help="mlp: channel width")
     ap.add_argument("--in-width", type=int, default=None, help="mlp: input width (default: --width)")
     ap.add_argument("--out-width", type=int, default=None, help="mlp: output width (default: --width)")

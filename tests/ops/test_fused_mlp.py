@@ -96,6 +96,23 @@ def test_layer_norm_split_token_path(monkeypatch):
     compare((64, 64, 64, 3, True, True, 300), norm=True)
 
 
+@pytest.mark.parametrize("partials", [True, False], ids=["partials", "split-token"])
+@pytest.mark.parametrize("shape", SHAPES[:3], ids=["narrow", "block", "no-hidden"])
+def test_accumulator_order(shape, partials, monkeypatch):
+    """Hidden activations and pre-activation gradients fed to their next dot in accumulator order
+    with the weights' rows reordered to match (``ACC_ORDER``; the backward's default for TF32 dots):
+    forced here with exact dots, so that a misplaced row shows at fp32 accuracy."""
+    monkeypatch.setattr(fm, "ACC_ORDER", True)
+    if not partials:
+        monkeypatch.setattr(fm, "PARTIALS_MAX_BYTES", 0)
+    compare(shape, norm=shape[0] == 64)
+    assert fm._acc_order(torch.float32, "ieee")
+    monkeypatch.setattr(fm, "ACC_ORDER", None)
+    assert fm._acc_order(torch.float32, "tf32") and not fm._acc_order(torch.float32, "ieee")
+    assert not fm._acc_order(torch.float32, "tf32", backward=False)
+    assert not fm._acc_order(torch.bfloat16, "tf32")
+
+
 def test_leading_dimensions():
     compare((12, 32, 12, 2, False, True, 29), lead=(3,))
 

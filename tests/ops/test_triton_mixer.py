@@ -132,6 +132,30 @@ def test_backward_finishing_sums_many_partials(shared_q, dq_tiles):
     check(q, k, v, dy, tol=1e-5, config=cfg, num_chunks=12)
 
 
+def test_acc_order_indices_invert_the_column_relabelling():
+    """acc_order(c) is the column that acc_order_cols moves to position c: relabelling a matrix's
+    columns and reading its rows in acc_order leaves a product unchanged (checked in numbers below)."""
+    import numpy as np
+
+    c = np.arange(32)
+    src = (c // 8) * 8 + (c % 4) * 2 + (c % 8) // 4
+    x = np.arange(3 * 32).reshape(3, 32)
+    relabelled = x.reshape(3, 4, 4, 2).transpose(0, 1, 3, 2).reshape(3, 32)
+    assert sorted(src) == list(range(32)) and (relabelled == x[:, src]).all()
+
+
+@pytest.mark.parametrize("dq_tiles", DQ_TILES.values(), ids=DQ_TILES.keys())
+@pytest.mark.parametrize("M,N,shared_q", [(16, 37, True), (48, 90, False), (50, 131, True)])
+def test_accumulator_order_matches_reference(M, N, shared_q, dq_tiles):
+    """Every kernel with its dots' contraction axis in accumulator order (``MixerConfig.acc_order``,
+    the default for TF32 dots on the GPU): one latent tile and several, ragged latents and tokens,
+    forced on here with exact dots so that any misplaced row shows up at fp32 accuracy."""
+    q, k, v, dy = make_inputs(2, 2, M, N, 8, shared_q, torch.float32, seed=M + N)
+    cfg = dataclasses.replace(SMALL_TILES, bwd_main_dq_tiles=dq_tiles, acc_order=True)
+    check(q, k, v, dy, tol=1e-5, config=cfg, num_chunks=3)
+    assert tm._acc_order(torch.float32, cfg) and not tm._acc_order(torch.float32, SMALL_TILES)
+
+
 def test_non_contiguous_inputs():
     B, H, M, N, D = 2, 2, 20, 60, 16
     g = torch.Generator().manual_seed(5)
@@ -280,6 +304,18 @@ GPU_SHAPES = [
 def test_gpu_sizes(shape, dtype):
     q, k, v, dy = make_inputs(*shape, dtype, seed=21)
     check(q, k, v, dy, tol=1e-5 if dtype == torch.float32 else 1e-2)
+
+
+@gpu_only
+@pytest.mark.parametrize("acc_order", [False, True], ids=["acc-order-off", "acc-order-on"])
+def test_gpu_tf32_darcy_size(acc_order):
+    """The paper's Darcy mixer with TF32 dots (how it trains): within TF32 rounding of the float64
+    reference, the same with and without the accumulator-order contraction."""
+    q, k, v, dy = make_inputs(2, 16, 256, 7225, 4, True, torch.float32, seed=25)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    cfg = tm.default_config(256, 4, 7225, torch.float32, fp32_precision="tf32")
+    assert tm._acc_order(torch.float32, cfg)  # the default with TF32
+    check(q, k, v, dy, tol=5e-3, config=dataclasses.replace(cfg, acc_order=acc_order))
 
 
 @gpu_only

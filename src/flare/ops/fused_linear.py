@@ -50,7 +50,7 @@ if _TRITON_IMPORT_ERROR is None:
         ci = tl.arange(0, BLOCK_IN)[None, :]
         co = tl.arange(0, BLOCK_OUT)[None, :]
         y = _merged_tile(y_ptr, rows, ci, rmask, N, sb, sn, sh, sd, CIN, D)
-        out = _fm._linear(y, w_ptr, b_ptr, COUT, CIN, BLOCK_IN, BLOCK_OUT, DOT_DTYPE, DOT_PREC)
+        out = _fm._linear(y, w_ptr, b_ptr, COUT, CIN, BLOCK_IN, BLOCK_OUT, DOT_DTYPE, DOT_PREC, False)
         omask = rmask & (co < COUT)
         out += tl.load(x_ptr + rows * COUT + co, mask=omask, other=0.0).to(tl.float32)
         tl.store(out_ptr + rows * COUT + co, out.to(out_ptr.dtype.element_ty), mask=omask)
@@ -66,7 +66,7 @@ if _TRITON_IMPORT_ERROR is None:
         pid = tl.program_id(0)
         ci = tl.arange(0, BLOCK_IN)[None, :]
         co = tl.arange(0, BLOCK_OUT)[None, :]
-        w = _fm._load_w(w_ptr, COUT, CIN, BLOCK_OUT, BLOCK_IN).to(DOT_DTYPE)
+        w = _fm._load_w(w_ptr, COUT, CIN, BLOCK_OUT, BLOCK_IN, False).to(DOT_DTYPE)
         dw = tl.zeros([BLOCK_OUT, BLOCK_IN], dtype=tl.float32)
         db = tl.zeros([BLOCK_OUT], dtype=tl.float32)
         for i in range(tiles_per_program):

@@ -35,6 +35,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 
 from flare.ops._triton import IMPORT_ERROR as _TRITON_IMPORT_ERROR
+from flare.ops._triton import acc_order, acc_order_cols
 from flare.ops._triton import fp32_dot_precision
 from flare.ops._triton import interpreting as _interpreting
 from flare.ops._triton import register_cap
@@ -98,16 +99,18 @@ if _TRITON_IMPORT_ERROR is None:
         return s + (s * a * r) * (_C3 + _C4 * a2)
 
     @triton.jit
-    def _load_wt(w_ptr, n_out, n_in, BLOCK_IN: tl.constexpr, BLOCK_OUT: tl.constexpr):
-        """Wᵀ as a [BLOCK_IN, BLOCK_OUT] tile of the row-major [n_out, n_in] weight, zero padded."""
-        i = tl.arange(0, BLOCK_IN)[:, None]
+    def _load_wt(w_ptr, n_out, n_in, BLOCK_IN: tl.constexpr, BLOCK_OUT: tl.constexpr, ORDER: tl.constexpr):
+        """Wᵀ as a [BLOCK_IN, BLOCK_OUT] tile of the row-major [n_out, n_in] weight, zero padded; with
+        ORDER its rows in acc_order (flare.ops._triton)."""
+        i = acc_order(tl.arange(0, BLOCK_IN), ORDER)[:, None]
         o = tl.arange(0, BLOCK_OUT)[None, :]
         return tl.load(w_ptr + o * n_in + i, mask=(i < n_in) & (o < n_out), other=0.0)
 
     @triton.jit
-    def _load_w(w_ptr, n_out, n_in, BLOCK_OUT: tl.constexpr, BLOCK_IN: tl.constexpr):
-        """W as a [BLOCK_OUT, BLOCK_IN] tile of the row-major [n_out, n_in] weight, zero padded."""
-        o = tl.arange(0, BLOCK_OUT)[:, None]
+    def _load_w(w_ptr, n_out, n_in, BLOCK_OUT: tl.constexpr, BLOCK_IN: tl.constexpr, ORDER: tl.constexpr):
+        """W as a [BLOCK_OUT, BLOCK_IN] tile of the row-major [n_out, n_in] weight, zero padded; with
+        ORDER its rows in acc_order (flare.ops._triton)."""
+        o = acc_order(tl.arange(0, BLOCK_OUT), ORDER)[:, None]
         i = tl.arange(0, BLOCK_IN)[None, :]
         return tl.load(w_ptr + o * n_in + i, mask=(o < n_out) & (i < n_in), other=0.0)
 
@@ -118,10 +121,12 @@ if _TRITON_IMPORT_ERROR is None:
 
     @triton.jit
     def _linear(h, w_ptr, b_ptr, n_out, n_in, BLOCK_IN: tl.constexpr, BLOCK_OUT: tl.constexpr,
-                DOT_DTYPE: tl.constexpr, DOT_PREC: tl.constexpr):
-        """h [T, BLOCK_IN] fp32 -> h Wᵀ + b, fp32 [T, BLOCK_OUT]; operands rounded to DOT_DTYPE."""
-        wt = _load_wt(w_ptr, n_out, n_in, BLOCK_IN, BLOCK_OUT).to(DOT_DTYPE)
-        return tl.dot(h.to(DOT_DTYPE), wt, input_precision=DOT_PREC) + _load_b(b_ptr, n_out, BLOCK_OUT)
+                DOT_DTYPE: tl.constexpr, DOT_PREC: tl.constexpr, ORDER: tl.constexpr):
+        """h [T, BLOCK_IN] fp32 -> h Wᵀ + b, fp32 [T, BLOCK_OUT]; operands rounded to DOT_DTYPE. ORDER:
+        h is a dot's accumulator and enters this dot in its register order (flare.ops._triton.acc_order)."""
+        wt = _load_wt(w_ptr, n_out, n_in, BLOCK_IN, BLOCK_OUT, ORDER).to(DOT_DTYPE)
+        return tl.dot(acc_order_cols(h.to(DOT_DTYPE), ORDER), wt, input_precision=DOT_PREC) + _load_b(
+            b_ptr, n_out, BLOCK_OUT)
 
     @triton.jit
     def _layer_norm(x, ln_w, ln_b, eps, IN: tl.constexpr, BLOCK_IN: tl.constexpr):
@@ -143,7 +148,7 @@ if _TRITON_IMPORT_ERROR is None:
         BLOCK_IN: tl.constexpr, BLOCK_HID: tl.constexpr, BLOCK_OUT: tl.constexpr,
         IN_RES: tl.constexpr, OUT_RES: tl.constexpr, ADD_X: tl.constexpr, SAVE: tl.constexpr,
         NORM: tl.constexpr,
-        DOT_DTYPE: tl.constexpr, DOT_PREC: tl.constexpr,
+        DOT_DTYPE: tl.constexpr, DOT_PREC: tl.constexpr, ACC_ORDER: tl.constexpr,
     ):
         rows = (tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)[:, None]
         rmask = rows < T
@@ -155,7 +160,7 @@ if _TRITON_IMPORT_ERROR is None:
         x_raw = x
         if NORM:
             x, _, _, _ = _layer_norm(x, ln_w, ln_b, eps, IN, BLOCK_IN)
-        h = _gelu(_linear(x, w_in, b_in, HID, IN, BLOCK_IN, BLOCK_HID, DOT_DTYPE, DOT_PREC))
+        h = _gelu(_linear(x, w_in, b_in, HID, IN, BLOCK_IN, BLOCK_HID, DOT_DTYPE, DOT_PREC, False))
         if IN_RES:
             h += x
         # a loop, not unrolled: a third less code, 160 instead of 182 registers (fp32, L = 3) and 12.8
@@ -165,10 +170,10 @@ if _TRITON_IMPORT_ERROR is None:
             if SAVE:
                 tl.store(s_ptr + (layer * T + rows) * HID + ch, h.to(s_ptr.dtype.element_ty), mask=hmask)
             h += _gelu(_linear(h, w_hid + layer * HID * HID, b_hid + layer * HID, HID, HID,
-                               BLOCK_HID, BLOCK_HID, DOT_DTYPE, DOT_PREC))
+                               BLOCK_HID, BLOCK_HID, DOT_DTYPE, DOT_PREC, ACC_ORDER))
         if SAVE:
             tl.store(s_ptr + (L * T + rows) * HID + ch, h.to(s_ptr.dtype.element_ty), mask=hmask)
-        y = _linear(h, w_out, b_out, OUT, HID, BLOCK_HID, BLOCK_OUT, DOT_DTYPE, DOT_PREC)
+        y = _linear(h, w_out, b_out, OUT, HID, BLOCK_HID, BLOCK_OUT, DOT_DTYPE, DOT_PREC, ACC_ORDER)
         if OUT_RES:
             y += h
         if ADD_X:  # the block's skip connection around the (normed) MLP; IN == OUT
@@ -197,7 +202,7 @@ if _TRITON_IMPORT_ERROR is None:
         IN_RES: tl.constexpr, OUT_RES: tl.constexpr, ADD_X: tl.constexpr, PARTIALS: tl.constexpr,
         NORM: tl.constexpr,
         SLOT_A: tl.constexpr, SLOT_B: tl.constexpr,
-        DOT_DTYPE: tl.constexpr, DOT_PREC: tl.constexpr,
+        DOT_DTYPE: tl.constexpr, DOT_PREC: tl.constexpr, ACC_ORDER: tl.constexpr,
     ):
         """dx for one tile of tokens, and either da_l = ∂loss/∂(pre-activation) of the input layer
         (slot 0) and of hidden layer l (slot l + 1), or (PARTIALS) this tile's share of every weight
@@ -221,7 +226,7 @@ if _TRITON_IMPORT_ERROR is None:
             h = tl.load(s_ptr + (L * T + rows) * HID + ch, mask=hmask, other=0.0)
             _partial_wgrad(dw_ptr, db_ptr, L + 1, dy, h, BLOCK_OUT, BLOCK_HID, SLOT_A, SLOT_B,
                            DOT_DTYPE, DOT_PREC)
-        w = _load_w(w_out, OUT, HID, BLOCK_OUT, BLOCK_HID).to(DOT_DTYPE)
+        w = _load_w(w_out, OUT, HID, BLOCK_OUT, BLOCK_HID, False).to(DOT_DTYPE)
         dh = tl.dot(dy.to(DOT_DTYPE), w, input_precision=DOT_PREC)  # ∂loss/∂h_L
         if OUT_RES:
             dh += dy
@@ -232,11 +237,11 @@ if _TRITON_IMPORT_ERROR is None:
                 # fp32: the weight loaded twice; kept live between its two dots it spills (the
                 # Darcy-size MLP backward +5 %, H100)
                 a = _linear(h.to(tl.float32), w_hid + layer * HID * HID, b_hid + layer * HID, HID, HID,
-                            BLOCK_HID, BLOCK_HID, DOT_DTYPE, DOT_PREC)
+                            BLOCK_HID, BLOCK_HID, DOT_DTYPE, DOT_PREC, False)
             else:
                 # 16-bit: one load serves the recomputation (h Wᵀ) and the chain (da W): 1M tokens
                 # in bf16, 21.9 -> 20.7 ms of MLP backward per step (H100)
-                w = _load_w(w_hid + layer * HID * HID, HID, HID, BLOCK_HID, BLOCK_HID).to(DOT_DTYPE)
+                w = _load_w(w_hid + layer * HID * HID, HID, HID, BLOCK_HID, BLOCK_HID, False).to(DOT_DTYPE)
                 a = tl.dot(h.to(DOT_DTYPE), tl.trans(w), input_precision=DOT_PREC) + _load_b(
                     b_hid + layer * HID, HID, BLOCK_HID)
             da = dh * _gelu_grad(a)
@@ -245,23 +250,25 @@ if _TRITON_IMPORT_ERROR is None:
                                DOT_DTYPE, DOT_PREC)
             else:
                 tl.store(da_ptr + ((layer + 1) * T + rows) * HID + ch, da.to(da_ptr.dtype.element_ty), mask=hmask)
-            if DOT_DTYPE == tl.float32:
-                w = _load_w(w_hid + layer * HID * HID, HID, HID, BLOCK_HID, BLOCK_HID).to(DOT_DTYPE)
-            dh += tl.dot(da.to(DOT_DTYPE), w, input_precision=DOT_PREC)
+            if DOT_DTYPE == tl.float32:  # (ACC_ORDER: da from its accumulator registers)
+                w = _load_w(w_hid + layer * HID * HID, HID, HID, BLOCK_HID, BLOCK_HID, ACC_ORDER).to(DOT_DTYPE)
+                dh += tl.dot(acc_order_cols(da, ACC_ORDER), w, input_precision=DOT_PREC)
+            else:
+                dh += tl.dot(da.to(DOT_DTYPE), w, input_precision=DOT_PREC)
         xmask = rmask & (ci < IN)
         x = tl.load(x_ptr + rows * IN + ci, mask=xmask, other=0.0).to(tl.float32)
         if NORM:
             x, xhat, rstd, g = _layer_norm(x, ln_w, ln_b, eps, IN, BLOCK_IN)
             if not PARTIALS:
                 tl.store(xn_ptr + rows * IN + ci, x.to(xn_ptr.dtype.element_ty), mask=xmask)
-        a = _linear(x, w_in, b_in, HID, IN, BLOCK_IN, BLOCK_HID, DOT_DTYPE, DOT_PREC)
+        a = _linear(x, w_in, b_in, HID, IN, BLOCK_IN, BLOCK_HID, DOT_DTYPE, DOT_PREC, False)
         da = dh * _gelu_grad(a)
         if PARTIALS:
             _partial_wgrad(dw_ptr, db_ptr, 0, da, x, BLOCK_HID, BLOCK_IN, SLOT_A, SLOT_B, DOT_DTYPE, DOT_PREC)
         else:
             tl.store(da_ptr + rows * HID + ch, da.to(da_ptr.dtype.element_ty), mask=hmask)
-        w = _load_w(w_in, HID, IN, BLOCK_HID, BLOCK_IN).to(DOT_DTYPE)
-        dx = tl.dot(da.to(DOT_DTYPE), w, input_precision=DOT_PREC)
+        w = _load_w(w_in, HID, IN, BLOCK_HID, BLOCK_IN, ACC_ORDER).to(DOT_DTYPE)
+        dx = tl.dot(acc_order_cols(da.to(DOT_DTYPE), ACC_ORDER), w, input_precision=DOT_PREC)
         if IN_RES:
             dx += dh
         if NORM:  # dx is ∂loss/∂LayerNorm(x) so far
@@ -323,6 +330,18 @@ PARTIALS_MAX_BYTES = 32 << 20
 TILE_OVERRIDE: Optional[Tuple[int, int]] = None
 # register cap per thread of the forward and backward kernels (ptxas' own choice if None; benchmarks)
 MAXNREG: Optional[int] = None
+# hidden activations (forward) and pre-activation gradients (backward) enter their next dot in
+# accumulator order (flare.ops._triton.acc_order). None: the default, the backward with TF32 dots only;
+# True / False to force both kernels (tests, benchmarks). At the Darcy size (H100) the backward went
+# 35.5 -> 34.1 µs with it and the forward 12.6 -> 14.3 µs (its loop-carried activations gain register
+# moves), so the forward keeps the converting path by default.
+ACC_ORDER: Optional[bool] = None
+
+
+def _acc_order(dot_dtype: torch.dtype, prec: str, backward: bool = True) -> bool:
+    if ACC_ORDER is not None:
+        return ACC_ORDER
+    return backward and dot_dtype == torch.float32 and prec == "tf32"
 
 
 def _tile(hidden: int, interpret: bool) -> Tuple[int, int]:
@@ -389,7 +408,7 @@ def _forward(x, w_in, b_in, w_hid, b_hid, w_out, b_out, ln_w, ln_b, eps, input_r
         T, IN, HID, OUT,
         L=L, BLOCK_T=bt, BLOCK_IN=_block_in(IN, HID, dot), BLOCK_HID=_block(HID), BLOCK_OUT=_block(OUT),
         IN_RES=input_residual, OUT_RES=output_residual, ADD_X=add_input, SAVE=save, NORM=norm,
-        DOT_DTYPE=dtl, DOT_PREC=prec,
+        DOT_DTYPE=dtl, DOT_PREC=prec, ACC_ORDER=_acc_order(dot_dtype, prec, backward=False),
         num_warps=warps, **register_cap(MAXNREG),
     )
     return y, s
@@ -417,7 +436,8 @@ def _backward(dy, x, s, w_in, b_in, w_hid, b_hid, w_out, ln_w, ln_b, eps, input_
     tiles = triton.cdiv(T, bt)
     common = dict(L=L, BLOCK_T=bt, BLOCK_IN=bin_, BLOCK_HID=_block(HID), BLOCK_OUT=_block(OUT),
                   IN_RES=input_residual, OUT_RES=output_residual, ADD_X=add_input, NORM=norm, SLOT_A=ba, SLOT_B=bb,
-                  DOT_DTYPE=dtl, DOT_PREC=prec, num_warps=warps, **register_cap(MAXNREG))
+                  DOT_DTYPE=dtl, DOT_PREC=prec, ACC_ORDER=_acc_order(dot_dtype, prec), num_warps=warps,
+                  **register_cap(MAXNREG))
     ln = (ln_w if norm else b_in, ln_b if norm else b_in, float(eps))
 
     if tiles * (L + 2) * ba * bb * 4 <= PARTIALS_MAX_BYTES:

@@ -51,6 +51,7 @@ from typing import Optional, Tuple
 import torch
 
 from flare.ops._triton import IMPORT_ERROR as _TRITON_IMPORT_ERROR
+from flare.ops._triton import acc_order, acc_order_cols, acc_order_rows
 from flare.ops._triton import fp32_dot_precision
 from flare.ops._triton import interpreting as _interpreting
 from flare.ops._triton import register_cap
@@ -74,15 +75,19 @@ if _TRITON_IMPORT_ERROR is None:
     _LOG2E = tl.constexpr(1.4426950408889634)
 
     @triton.jit
-    def _gather_tile(q, k_base, v_base, tile_k, tile_v, rel, skn, svn, n_mask, d_mask,
-                     m_i, l_i, acc, MASK_N: tl.constexpr, DOT_PREC: tl.constexpr):
-        """One token tile of the gather's online softmax (m_i in natural units)."""
+    def _gather_tile(q, k_base, v_base, tile_k, tile_v, rel, skn, svn, n_mask, nv_mask, d_mask,
+                     m_i, l_i, acc, MASK_N: tl.constexpr, ACC_ORDER: tl.constexpr,
+                     DOT_PREC: tl.constexpr):
+        """One token tile of the gather's online softmax (m_i in natural units). With ACC_ORDER the
+        rows of v (tile_v, nv_mask) are in acc_order, so P feeds the dot from its accumulator registers."""
         if MASK_N:
-            kv_mask = n_mask[:, None] & d_mask[None, :]
+            k_mask = n_mask[:, None] & d_mask[None, :]
+            v_mask = nv_mask[:, None] & d_mask[None, :]
         else:
-            kv_mask = d_mask[None, :]
-        k = tl.load(k_base + rel * skn + tile_k, mask=kv_mask, other=0.0)
-        v = tl.load(v_base + rel * svn + tile_v, mask=kv_mask, other=0.0)
+            k_mask = d_mask[None, :]
+            v_mask = d_mask[None, :]
+        k = tl.load(k_base + rel * skn + tile_k, mask=k_mask, other=0.0)
+        v = tl.load(v_base + rel * svn + tile_v, mask=v_mask, other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
         if MASK_N:
             s = tl.where(n_mask[None, :], s, float("-inf"))
@@ -93,7 +98,7 @@ if _TRITON_IMPORT_ERROR is None:
         p = tl.exp2(s * _LOG2E - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
-        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PREC)
+        acc = tl.dot(acc_order_cols(p, ACC_ORDER).to(v.dtype), v, acc, input_precision=DOT_PREC)
         return m_new, l_i, acc
 
     @triton.jit
@@ -104,7 +109,7 @@ if _TRITON_IMPORT_ERROR is None:
         svb, svh, svn, svd,
         H, M, N, D: tl.constexpr, chunk_len, C,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-        DOT_PREC: tl.constexpr,
+        ACC_ORDER: tl.constexpr, DOT_PREC: tl.constexpr,
     ):
         """Partial gather of one latent tile over one chunk of tokens (online softmax over N).
 
@@ -130,7 +135,8 @@ if _TRITON_IMPORT_ERROR is None:
         k_base = K + b * skb + h * skh + n_start.to(tl.int64) * skn
         v_base = V + b * svb + h * svh + n_start.to(tl.int64) * svn
         tile_k = offs_n[:, None] * skn + offs_d[None, :] * skd
-        tile_v = offs_n[:, None] * svn + offs_d[None, :] * svd
+        offs_nv = acc_order(offs_n, ACC_ORDER)
+        tile_v = offs_nv[:, None] * svn + offs_d[None, :] * svd
 
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -138,11 +144,12 @@ if _TRITON_IMPORT_ERROR is None:
         for start in range(n_start, n_full, BLOCK_N):
             rel = (start - n_start).to(tl.int64)
             m_i, l_i, acc = _gather_tile(q, k_base, v_base, tile_k, tile_v, rel, skn, svn, offs_n < BLOCK_N,
-                                         d_mask, m_i, l_i, acc, False, DOT_PREC)
+                                         offs_n < BLOCK_N, d_mask, m_i, l_i, acc, False, ACC_ORDER, DOT_PREC)
         if n_full < n_end:
             rel = (n_full - n_start).to(tl.int64)
             m_i, l_i, acc = _gather_tile(q, k_base, v_base, tile_k, tile_v, rel, skn, svn,
-                                         (n_full + offs_n) < n_end, d_mask, m_i, l_i, acc, True, DOT_PREC)
+                                         (n_full + offs_n) < n_end, (n_full + offs_nv) < n_end, d_mask,
+                                         m_i, l_i, acc, True, ACC_ORDER, DOT_PREC)
 
         row = (pid_bh.to(tl.int64) * C + pid_c) * M + offs_m
         tl.store(MP + row, m_i * _LOG2E, mask=m_mask)
@@ -193,13 +200,14 @@ if _TRITON_IMPORT_ERROR is None:
         skb, skh, skn, skd,
         H, M, N, D: tl.constexpr, chunk_len,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-        ONE_M_TILE: tl.constexpr, EVEN_M: tl.constexpr, DOT_PREC: tl.constexpr,
+        ONE_M_TILE: tl.constexpr, EVEN_M: tl.constexpr, ACC_ORDER: tl.constexpr, DOT_PREC: tl.constexpr,
     ):
         """Y = softmax_M(K Qᵀ) Z for the token tiles of one chunk.
 
         ONE_M_TILE: all latents in one register tile (plain softmax, Q and Z loaded once);
         otherwise an online softmax over latent tiles.  Rows are independent, so padded tokens
-        need no masking except at the store; padded latents (EVEN_M false) get -inf scores."""
+        need no masking except at the store; padded latents (EVEN_M false) get -inf scores. With
+        ACC_ORDER the rows of Z are loaded in acc_order (P feeds its dot from the accumulator)."""
         pid_c = tl.program_id(0)
         pid_bh = tl.program_id(1)
         b = (pid_bh // H).to(tl.int64)
@@ -209,6 +217,7 @@ if _TRITON_IMPORT_ERROR is None:
         offs_n = tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, BLOCK_D)
         offs_mt = tl.arange(0, BLOCK_M)
+        offs_mz = acc_order(offs_mt, ACC_ORDER)
         d_mask = offs_d < D
 
         n_start = pid_c * chunk_len
@@ -223,7 +232,8 @@ if _TRITON_IMPORT_ERROR is None:
             m_mask = offs_mt < M
             md_mask = m_mask[:, None] & d_mask[None, :]
             q1 = tl.load(q_base + offs_mt[:, None] * sqm + offs_d[None, :] * sqd, mask=md_mask, other=0.0)
-            z1 = tl.load(z_base + offs_mt[:, None] * D + offs_d[None, :], mask=md_mask, other=0.0).to(q1.dtype)
+            z1 = tl.load(z_base + offs_mz[:, None] * D + offs_d[None, :], mask=(offs_mz < M)[:, None] & d_mask[None, :],
+                         other=0.0).to(q1.dtype)
 
         for start in range(n_start, n_end, BLOCK_N):
             rel = (start - n_start).to(tl.int64)
@@ -237,7 +247,7 @@ if _TRITON_IMPORT_ERROR is None:
                 m_i = tl.max(s, 1) * _LOG2E
                 p = tl.exp2(s * _LOG2E - m_i[:, None])
                 l_i = tl.sum(p, 1)
-                acc = tl.dot(p.to(k.dtype), z1, input_precision=DOT_PREC)
+                acc = tl.dot(acc_order_cols(p, ACC_ORDER).to(k.dtype), z1, input_precision=DOT_PREC)
             else:
                 m_i = tl.full([BLOCK_N], float("-inf"), tl.float32)
                 l_i = tl.zeros([BLOCK_N], tl.float32)
@@ -247,8 +257,9 @@ if _TRITON_IMPORT_ERROR is None:
                     m_mask = offs_m < M
                     md_mask = m_mask[:, None] & d_mask[None, :]
                     q = tl.load(q_base + offs_m[:, None] * sqm + offs_d[None, :] * sqd, mask=md_mask, other=0.0)
-                    z = tl.load(z_base + offs_m[:, None] * D + offs_d[None, :], mask=md_mask,
-                                other=0.0).to(k.dtype)
+                    offs_z = start_m + offs_mz
+                    z = tl.load(z_base + offs_z[:, None] * D + offs_d[None, :],
+                                mask=(offs_z < M)[:, None] & d_mask[None, :], other=0.0).to(k.dtype)
                     s = tl.dot(k, tl.trans(q), input_precision=DOT_PREC)
                     if not EVEN_M:
                         s = tl.where(m_mask[None, :], s, float("-inf"))
@@ -258,7 +269,8 @@ if _TRITON_IMPORT_ERROR is None:
                     p = tl.exp2(s * _LOG2E - m_safe[:, None])
                     l_i = l_i * alpha + tl.sum(p, 1)
                     acc = acc * alpha[:, None]
-                    acc = tl.dot(p.to(k.dtype), z, acc, input_precision=DOT_PREC)
+                    acc = tl.dot(acc_order_cols(p, ACC_ORDER).to(k.dtype), z, acc,
+                                 input_precision=DOT_PREC)
                     m_i = m_new
             l_safe = tl.where(l_i > 0.0, l_i, 1.0)
             y = acc / l_safe[:, None]
@@ -274,7 +286,7 @@ if _TRITON_IMPORT_ERROR is None:
         sdb, sdh, sdn, sdd,
         H, M, N, D: tl.constexpr, chunk_len, C,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-        DOT_PREC: tl.constexpr,
+        ACC_ORDER: tl.constexpr, DOT_PREC: tl.constexpr,
     ):
         """Backward of the scatter, reduced over one chunk of tokens for one latent tile.
 
@@ -282,7 +294,9 @@ if _TRITON_IMPORT_ERROR is None:
         dSᵀ = Pᵀ ∘ (dPᵀ − Δ_s): partial dZ = Pᵀ dY and partial dQ_scatter = dSᵀ K.
         Programs of latent tile 0 also write Δ_s = rowsum(dY ∘ Y).
         No score masking is needed: padded tokens load lse = +inf (so Pᵀ = 0 there) and padded
-        latent rows only ever reach their own (never stored) output rows.
+        latent rows only ever reach their own (never stored) output rows. With ACC_ORDER, Pᵀ and dSᵀ
+        feed their dots from the accumulator registers: dY and K are loaded a second time for those dots,
+        their rows in acc_order.
         """
         pid_c = tl.program_id(0)
         pid_m = tl.program_id(1)
@@ -327,12 +341,17 @@ if _TRITON_IMPORT_ERROR is None:
             delta = tl.sum(dy.to(tl.float32) * y.to(tl.float32), 1)
             tl.store(DELTA_S + rows, delta, mask=n_mask & first_tile)
 
+            ko = acc_order_rows(k, ACC_ORDER)
+            dyo = acc_order_rows(dy, ACC_ORDER)
+
             st = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
             pt = tl.exp2(st * _LOG2E - lse[None, :])
-            dz_acc = tl.dot(pt.to(q.dtype), dy, dz_acc, input_precision=DOT_PREC)
+            dz_acc = tl.dot(acc_order_cols(pt, ACC_ORDER).to(q.dtype), dyo, dz_acc,
+                            input_precision=DOT_PREC)
             dpt = tl.dot(z, tl.trans(dy), input_precision=DOT_PREC)
             dst = pt * (dpt - delta[None, :])
-            dq_acc = tl.dot(dst.to(q.dtype), k, dq_acc, input_precision=DOT_PREC)
+            dq_acc = tl.dot(acc_order_cols(dst, ACC_ORDER).to(q.dtype), ko, dq_acc,
+                            input_precision=DOT_PREC)
 
         prow = (bh * C + pid_c) * M + offs_m
         tl.store(DZP + prow[:, None] * D + offs_d[None, :], dz_acc, mask=md_mask)
@@ -340,14 +359,15 @@ if _TRITON_IMPORT_ERROR is None:
 
     @triton.jit
     def _bwd_tile(k, v, dy, lse_s, delta_s, n_mask,
-                  q, z, dz, lse_g, delta_g, m_mask,
-                  dk, dv, dq, MASK: tl.constexpr, DOT_PREC: tl.constexpr):
+                  q, z, dz, lse_g, delta_g, m_mask, qo, dzo,
+                  dk, dv, dq, MASK: tl.constexpr, ACC_ORDER: tl.constexpr, DOT_PREC: tl.constexpr):
         """Both backward contributions of one (token tile, latent tile) pair; S computed once.
 
         Ordered so that at most three [BLOCK_N, BLOCK_M] fp32 tiles are live at a time; both score
         gradients go into dK through one dot, (dS_scatter + dS_gather) Q.  MASK zeroes padded tokens /
         latents (needed only for a ragged tile: 2^(−lse) of a padded entry can overflow and meet a
-        zero operand)."""
+        zero operand). qo and dzo are q and dz with their rows in acc_order when ACC_ORDER (A and the
+        score gradients then feed the dV and dK dots from their accumulator registers), else q and dz."""
         s = tl.dot(k, tl.trans(q), input_precision=DOT_PREC)  # [BN, BM], natural units
         # scatter: P = softmax over latents, rows = tokens
         p = tl.exp2(s * _LOG2E - lse_s[:, None])
@@ -359,17 +379,19 @@ if _TRITON_IMPORT_ERROR is None:
         a = tl.exp2(s * _LOG2E - lse_g[None, :])
         if MASK:
             a = tl.where(n_mask[:, None] & m_mask[None, :], a, 0.0)
-        dv = tl.dot(a.to(k.dtype), dz, dv, input_precision=DOT_PREC)
+        dv = tl.dot(acc_order_cols(a, ACC_ORDER).to(k.dtype), dzo, dv, input_precision=DOT_PREC)
         da = tl.dot(v, tl.trans(dz), input_precision=DOT_PREC)
         dsg = a * (da - delta_g[None, :])
         dq = tl.dot(tl.trans(dsg.to(k.dtype)), k, dq, input_precision=DOT_PREC)
-        dk = tl.dot((ds + dsg).to(k.dtype), q, dk, input_precision=DOT_PREC)
+        dk = tl.dot(acc_order_cols(ds + dsg, ACC_ORDER).to(k.dtype), qo, dk,
+                    input_precision=DOT_PREC)
         return dk, dv, dq
 
     @triton.jit
     def _latent_tile(q_base, sqm, sqd, Z, DZ, LSE_G, DELTA_G, zrow0, offs_m, offs_d, d_mask, M,
-                     D: tl.constexpr, DTYPE: tl.constexpr):
-        """The pass-2 operands of one latent tile: q, z, dz (as DTYPE), lse_g, Δ_g and the latent mask."""
+                     D: tl.constexpr, DTYPE: tl.constexpr, ACC_ORDER: tl.constexpr):
+        """The pass-2 operands of one latent tile: q, z, dz (as DTYPE), lse_g, Δ_g, the latent mask, and
+        q and dz with their rows in acc_order (with ACC_ORDER; else q and dz again)."""
         m_mask = offs_m < M
         md_mask = m_mask[:, None] & d_mask[None, :]
         qt = tl.load(q_base + offs_m[:, None] * sqm + offs_d[None, :] * sqd, mask=md_mask, other=0.0)
@@ -378,34 +400,37 @@ if _TRITON_IMPORT_ERROR is None:
         dzt = tl.load(DZ + zoff, mask=md_mask, other=0.0).to(DTYPE)
         lse_gt = tl.load(LSE_G + zrow0 + offs_m, mask=m_mask, other=float("inf"))
         delta_gt = tl.load(DELTA_G + zrow0 + offs_m, mask=m_mask, other=0.0)
-        return qt, zt, dzt, lse_gt, delta_gt, m_mask
+        qo = acc_order_rows(qt, ACC_ORDER)
+        dzo = acc_order_rows(dzt, ACC_ORDER)
+        return qt, zt, dzt, lse_gt, delta_gt, m_mask, qo, dzo
 
     @triton.jit
     def _bwd_latent_tile(k, v, dy, lse_s, delta_s, n_mask, dk, dv, dq, offs_m, q_base, sqm, sqd,
                          Z, DZ, LSE_G, DELTA_G, zrow0, offs_d, d_mask, M, D: tl.constexpr,
-                         MASK: tl.constexpr, DOT_PREC: tl.constexpr):
+                         MASK: tl.constexpr, ACC_ORDER: tl.constexpr, DOT_PREC: tl.constexpr):
         """Loads the latent tile at offs_m and adds its (token tile, latent tile) pair to dk, dv, dq."""
-        qt, zt, dzt, lse_gt, delta_gt, m_mask = _latent_tile(
-            q_base, sqm, sqd, Z, DZ, LSE_G, DELTA_G, zrow0, offs_m, offs_d, d_mask, M, D, k.dtype)
-        return _bwd_tile(k, v, dy, lse_s, delta_s, n_mask, qt, zt, dzt, lse_gt, delta_gt, m_mask,
-                         dk, dv, dq, MASK, DOT_PREC)
+        qt, zt, dzt, lse_gt, delta_gt, m_mask, qo, dzo = _latent_tile(
+            q_base, sqm, sqd, Z, DZ, LSE_G, DELTA_G, zrow0, offs_m, offs_d, d_mask, M, D, k.dtype, ACC_ORDER)
+        return _bwd_tile(k, v, dy, lse_s, delta_s, n_mask, qt, zt, dzt, lse_gt, delta_gt, m_mask, qo, dzo,
+                         dk, dv, dq, MASK, ACC_ORDER, DOT_PREC)
 
     @triton.jit
     def _bwd_main_ntile(
         start, n_start, n_end, offs_n, offs_d, d_mask,
         k_base, v_base, dy_base, tile_k, tile_v, tile_dy, skn, svn, sdn,
         tok0, LSE_S, DELTA_S, dk_base, dv_base, tile_g, sgn,
-        q, z, dz, lse_g, delta_g, dq, dq1, dq2, dq3,
+        q, z, dz, lse_g, delta_g, qo, dzo, dq, dq1, dq2, dq3,
         q_base, sqm, sqd, Z, DZ, LSE_G, DELTA_G, zrow0, dq_base, M,
         D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-        NUM_MT: tl.constexpr, MASK: tl.constexpr, DOT_PREC: tl.constexpr,
+        NUM_MT: tl.constexpr, MASK: tl.constexpr, ACC_ORDER: tl.constexpr, DOT_PREC: tl.constexpr,
     ):
         """One token tile of the main backward: loads, every latent tile, dK / dV stores.
 
-        NUM_MT = 1: q, z, dz, lse_g, delta_g are the register-resident operands of the one latent
-        tile and dq its running accumulator. NUM_MT = 2 … 4: that many latent tiles, each loaded
-        here, with their dQ accumulators dq, dq1, dq2, dq3 in registers. NUM_MT = 0: a loop over
-        the latent tiles, each tile's dQ partial updated in memory. Returns the accumulators."""
+        NUM_MT = 1: q, z, dz, lse_g, delta_g (and qo, dzo, see _bwd_tile) are the register-resident
+        operands of the one latent tile and dq its running accumulator. NUM_MT = 2 … 4: that many
+        latent tiles, each loaded here, with their dQ accumulators dq, dq1, dq2, dq3 in registers.
+        NUM_MT = 0: a loop over the latent tiles, each tile's dQ partial updated in memory. Returns
+        the accumulators."""
         rel = (start - n_start).to(tl.int64)
         n_mask = (start + offs_n) < n_end
         nd_mask = n_mask[:, None] & d_mask[None, :]
@@ -419,33 +444,35 @@ if _TRITON_IMPORT_ERROR is None:
         dv = tl.zeros_like(dk)
         offs_mt = tl.arange(0, BLOCK_M)
         if NUM_MT == 1:
-            dk, dv, dq = _bwd_tile(k, v, dy, lse_s, delta_s, n_mask, q, z, dz, lse_g, delta_g, offs_mt < M,
-                                   dk, dv, dq, MASK, DOT_PREC)
+            dk, dv, dq = _bwd_tile(k, v, dy, lse_s, delta_s, n_mask, q, z, dz, lse_g, delta_g, offs_mt < M, qo, dzo,
+                                   dk, dv, dq, MASK, ACC_ORDER, DOT_PREC)
         elif NUM_MT > 1:
             dk, dv, dq = _bwd_latent_tile(k, v, dy, lse_s, delta_s, n_mask, dk, dv, dq, offs_mt, q_base, sqm, sqd,
-                                          Z, DZ, LSE_G, DELTA_G, zrow0, offs_d, d_mask, M, D, MASK, DOT_PREC)
+                                          Z, DZ, LSE_G, DELTA_G, zrow0, offs_d, d_mask, M, D, MASK, ACC_ORDER,
+                                          DOT_PREC)
             dk, dv, dq1 = _bwd_latent_tile(k, v, dy, lse_s, delta_s, n_mask, dk, dv, dq1, BLOCK_M + offs_mt, q_base,
-                                           sqm, sqd, Z, DZ, LSE_G, DELTA_G, zrow0, offs_d, d_mask, M, D, MASK, DOT_PREC)
+                                           sqm, sqd, Z, DZ, LSE_G, DELTA_G, zrow0, offs_d, d_mask, M, D, MASK, ACC_ORDER,
+                                           DOT_PREC)
             if NUM_MT > 2:
                 dk, dv, dq2 = _bwd_latent_tile(k, v, dy, lse_s, delta_s, n_mask, dk, dv, dq2, 2 * BLOCK_M + offs_mt,
                                                q_base, sqm, sqd, Z, DZ, LSE_G, DELTA_G, zrow0, offs_d, d_mask, M, D,
-                                               MASK, DOT_PREC)
+                                               MASK, ACC_ORDER, DOT_PREC)
             if NUM_MT > 3:
                 dk, dv, dq3 = _bwd_latent_tile(k, v, dy, lse_s, delta_s, n_mask, dk, dv, dq3, 3 * BLOCK_M + offs_mt,
                                                q_base, sqm, sqd, Z, DZ, LSE_G, DELTA_G, zrow0, offs_d, d_mask, M, D,
-                                               MASK, DOT_PREC)
+                                               MASK, ACC_ORDER, DOT_PREC)
         else:
             for start_m in range(0, M, BLOCK_M):
                 offs_m = start_m + offs_mt
-                qt, zt, dzt, lse_gt, delta_gt, m_mask = _latent_tile(
-                    q_base, sqm, sqd, Z, DZ, LSE_G, DELTA_G, zrow0, offs_m, offs_d, d_mask, M, D, k.dtype)
+                qt, zt, dzt, lse_gt, delta_gt, m_mask, qot, dzot = _latent_tile(
+                    q_base, sqm, sqd, Z, DZ, LSE_G, DELTA_G, zrow0, offs_m, offs_d, d_mask, M, D, k.dtype, ACC_ORDER)
                 md_mask = m_mask[:, None] & d_mask[None, :]
                 dq_ptrs = dq_base + offs_m[:, None] * D + offs_d[None, :]
                 # the chunk's first token tile finds the partial unwritten: start from zero there
                 seen = (offs_m * 0 + start) > n_start
                 dqt = tl.load(dq_ptrs, mask=md_mask & seen[:, None], other=0.0)
                 dk, dv, dqt = _bwd_tile(k, v, dy, lse_s, delta_s, n_mask, qt, zt, dzt, lse_gt, delta_gt, m_mask,
-                                        dk, dv, dqt, MASK, DOT_PREC)
+                                        qot, dzot, dk, dv, dqt, MASK, ACC_ORDER, DOT_PREC)
                 tl.store(dq_ptrs, dqt, mask=md_mask)
                 # the next visit of this tile may be made by other threads of the program
                 tl.debug_barrier()
@@ -467,7 +494,8 @@ if _TRITON_IMPORT_ERROR is None:
         sdb, sdh, sdn, sdd,
         H, M, N, D: tl.constexpr, chunk_len, C,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-        NUM_MT: tl.constexpr, EVEN_M: tl.constexpr, GRAD_TOKEN_MAJOR: tl.constexpr, DOT_PREC: tl.constexpr,
+        NUM_MT: tl.constexpr, EVEN_M: tl.constexpr, GRAD_TOKEN_MAJOR: tl.constexpr, ACC_ORDER: tl.constexpr,
+        DOT_PREC: tl.constexpr,
     ):
         """dK (scatter + gather), dV and a partial dQ_gather for one chunk of tokens. dK and dV are
         written contiguous [B, H, N, D], or with GRAD_TOKEN_MAJOR in [B, N, H, D] memory.
@@ -476,7 +504,7 @@ if _TRITON_IMPORT_ERROR is None:
         tiles, reloaded per token tile, their dQ accumulating in registers; NUM_MT = 0 (more latent
         tiles): the chunk's private fp32 dQ partial is updated in place per tile pair. Full token
         tiles run unmasked when EVEN_M (M a multiple of BLOCK_M); the ragged last tile of the chunk
-        runs masked after the loop.
+        runs masked after the loop. ACC_ORDER: see _bwd_tile.
         """
         pid_c = tl.program_id(0)
         pid_bh = tl.program_id(1)
@@ -519,31 +547,34 @@ if _TRITON_IMPORT_ERROR is None:
         dq2 = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
         dq3 = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
         if NUM_MT == 1:  # the one latent tile, loaded once for the whole chunk
-            q, z, dz, lse_g, delta_g, _ = _latent_tile(q_base, sqm, sqd, Z, DZ, LSE_G, DELTA_G, zrow0, offs_mt,
-                                                       offs_d, d_mask, M, D, Q.dtype.element_ty)
+            q, z, dz, lse_g, delta_g, _, qo, dzo = _latent_tile(q_base, sqm, sqd, Z, DZ, LSE_G, DELTA_G, zrow0,
+                                                                offs_mt, offs_d, d_mask, M, D, Q.dtype.element_ty,
+                                                                ACC_ORDER)
         else:  # unused placeholders
             q = 0
             z = 0
             dz = 0
             lse_g = 0
             delta_g = 0
+            qo = 0
+            dzo = 0
 
         for start in range(n_start, n_full, BLOCK_N):
             dq, dq1, dq2, dq3 = _bwd_main_ntile(
                 start, n_start, n_end, offs_n, offs_d, d_mask,
                 k_base, v_base, dy_base, tile_k, tile_v, tile_dy, skn, svn, sdn,
                 tok0, LSE_S, DELTA_S, dk_base, dv_base, tile_g, sgn,
-                q, z, dz, lse_g, delta_g, dq, dq1, dq2, dq3,
+                q, z, dz, lse_g, delta_g, qo, dzo, dq, dq1, dq2, dq3,
                 q_base, sqm, sqd, Z, DZ, LSE_G, DELTA_G, zrow0, dq_base, M,
-                D, BLOCK_M, BLOCK_N, NUM_MT, not EVEN_M, DOT_PREC)
+                D, BLOCK_M, BLOCK_N, NUM_MT, not EVEN_M, ACC_ORDER, DOT_PREC)
         if n_full < n_end:
             dq, dq1, dq2, dq3 = _bwd_main_ntile(
                 n_full, n_start, n_end, offs_n, offs_d, d_mask,
                 k_base, v_base, dy_base, tile_k, tile_v, tile_dy, skn, svn, sdn,
                 tok0, LSE_S, DELTA_S, dk_base, dv_base, tile_g, sgn,
-                q, z, dz, lse_g, delta_g, dq, dq1, dq2, dq3,
+                q, z, dz, lse_g, delta_g, qo, dzo, dq, dq1, dq2, dq3,
                 q_base, sqm, sqd, Z, DZ, LSE_G, DELTA_G, zrow0, dq_base, M,
-                D, BLOCK_M, BLOCK_N, NUM_MT, True, DOT_PREC)
+                D, BLOCK_M, BLOCK_N, NUM_MT, True, ACC_ORDER, DOT_PREC)
         if NUM_MT > 0:
             _store_dq_tile(dq_base, dq, offs_mt, offs_d, d_mask, M, D)
         if NUM_MT > 1:
@@ -634,6 +665,10 @@ class MixerConfig:
     # the backward's second pass keeps the dQ of up to this many latent tiles (at most 4) in registers;
     # with more latent tiles it updates a dQ partial in memory per (token tile, latent tile) pair
     bwd_main_dq_tiles: int = 4
+    # feed the softmax weights and score gradients to their dots straight from the accumulator
+    # registers, the contraction axis relabelled (flare.ops._triton.acc_order); None: on for fp32
+    # inputs with TF32 dots, the one case where it saves layout conversions (16-bit dots need none)
+    acc_order: Optional[bool] = None
 
 
 def _next_pow2(x: int) -> int:
@@ -667,7 +702,9 @@ def default_config(M: int, D: int, N: int, dtype: torch.dtype, interpret: bool =
             # for the split over tokens of the gather and this pass: at the Darcy size that is 3
             # chunks, one full wave of 384 programs at 3 resident per SM, where 4 programs per SM
             # meant 1.3 or 1.6 waves (gather 0.064 -> 0.055 ms, pass 1 0.143 -> 0.125 ms, H100)
-            bwd_scatter = (KernelCfg(bm, 64, 4, 2, programs_per_sm=2) if fp32_precision == "tf32"
+            # With the dots' operands in accumulator order (the TF32 default, MixerConfig.acc_order) this
+            # pass needs 198 registers, i.e. 2 programs per SM: capped at 168 (no spills) for 3.
+            bwd_scatter = (KernelCfg(bm, 64, 4, 2, programs_per_sm=2, maxnreg=168) if fp32_precision == "tf32"
                            else KernelCfg(_clamp_pow2(M, 16, 32), 32, 4, 2))
             # scatter with TF32 dots: capped at 128 registers (161 otherwise; 2 spilled), 4 programs
             # per SM: 0.0714 -> 0.0653 ms at the Darcy size (H100)
@@ -758,6 +795,13 @@ def _dot_precision(dtype: torch.dtype, cfg: Optional["MixerConfig"] = None) -> s
     return fp32_dot_precision()
 
 
+def _acc_order(dtype: torch.dtype, cfg: MixerConfig) -> bool:
+    """Whether the kernels take the contraction axis in accumulator order (``MixerConfig.acc_order``)."""
+    if cfg.acc_order is not None:
+        return cfg.acc_order
+    return dtype == torch.float32 and _dot_precision(dtype, cfg) == "tf32"
+
+
 def _config_for(q: torch.Tensor, k: torch.Tensor) -> MixerConfig:
     """The tile table's choice for these inputs (and the fp32 dot precision torch allows now)."""
     return default_config(q.shape[-2], k.shape[-1], k.shape[2], k.dtype, interpret=_interpreting(),
@@ -800,7 +844,8 @@ def _run_gather(q, k, v, cfg: MixerConfig, num_chunks: Optional[int] = None):
         q, k, v, mp, lp, ap,
         *_q_strides(q), *k.stride(), *v.stride(),
         H, M, N, D, chunk_len, C,
-        BLOCK_M=g.block_m, BLOCK_N=g.block_n, BLOCK_D=bd, DOT_PREC=_dot_precision(k.dtype, cfg),
+        BLOCK_M=g.block_m, BLOCK_N=g.block_n, BLOCK_D=bd, ACC_ORDER=_acc_order(k.dtype, cfg),
+        DOT_PREC=_dot_precision(k.dtype, cfg),
         **_opts(g),
     )
     z = torch.empty((BH, M, D), **f32)
@@ -826,7 +871,8 @@ def _run_scatter(q, k, z, cfg: MixerConfig, num_chunks: Optional[int] = None):
         *_q_strides(q), *k.stride(),
         H, M, N, D, chunk_len,
         BLOCK_M=s.block_m, BLOCK_N=s.block_n, BLOCK_D=bd,
-        ONE_M_TILE=M <= s.block_m, EVEN_M=M % s.block_m == 0, DOT_PREC=_dot_precision(k.dtype, cfg),
+        ONE_M_TILE=M <= s.block_m, EVEN_M=M % s.block_m == 0, ACC_ORDER=_acc_order(k.dtype, cfg),
+        DOT_PREC=_dot_precision(k.dtype, cfg),
         **_opts(s),
     )
     return y, lse_s
@@ -850,7 +896,8 @@ def _run_bwd_scatter(q, k, z, y, lse_s, dy, cfg: MixerConfig, num_chunks: Option
         q, k, z, dy, y, lse_s, delta_s, dzp, dqp,
         *_q_strides(q), *k.stride(), *dy.stride(),
         H, M, N, D, chunk1, C1,
-        BLOCK_M=c1.block_m, BLOCK_N=c1.block_n, BLOCK_D=bd, DOT_PREC=_dot_precision(k.dtype, cfg),
+        BLOCK_M=c1.block_m, BLOCK_N=c1.block_n, BLOCK_D=bd, ACC_ORDER=_acc_order(k.dtype, cfg),
+        DOT_PREC=_dot_precision(k.dtype, cfg),
         **_opts(c1),
     )
     dz = torch.empty((BH, M, D), **f32)
@@ -882,7 +929,7 @@ def _run_bwd_main(q, k, v, z, dz, dy, lse_g, delta_g, lse_s, delta_s, cfg: Mixer
         *_q_strides(q), *k.stride(), *v.stride(), *dy.stride(),
         H, M, N, D, chunk2, C2,
         BLOCK_M=c2.block_m, BLOCK_N=c2.block_n, BLOCK_D=bd, NUM_MT=num_mt, EVEN_M=M % c2.block_m == 0,
-        GRAD_TOKEN_MAJOR=token_major,
+        GRAD_TOKEN_MAJOR=token_major, ACC_ORDER=_acc_order(k.dtype, cfg),
         DOT_PREC=_dot_precision(k.dtype, cfg),
         **_opts(c2),
     )

@@ -22,7 +22,9 @@ benchmarks/NOTES-mlp.md, which also has the measurements).
 
 Dots run in ``dot_dtype`` (float32 — with TF32 when torch allows it, as ``nn.Linear`` does —
 bfloat16 or float16 under autocast) with fp32 accumulation; the residual stream stays fp32 in
-registers. Widths up to 128 (padded to a power of two ≥ 16 inside the kernel).
+registers. With TF32 the backward feeds each pre-activation gradient to its next dot in accumulator
+order (``ACC_ORDER``, see ``flare.ops._triton.acc_order``). Widths up to 128 (padded to a power of two
+≥ 16 inside the kernel).
 
 ``fused_residual_mlp`` runs as the ``flare::fused_mlp_fwd`` / ``flare::fused_mlp_bwd`` operators,
 so ``torch.compile`` and CUDA graphs take it whole. Like ``flare.ops.triton_mixer`` the kernels run

@@ -32,6 +32,11 @@ All log-sum-exp values kept between kernels are in base 2 (``lse2 = max·log2(e)
 so that the kernels use ``exp2`` only.  Partials are written to private fp32 buffers and
 summed afterwards in a fixed order: results are deterministic (no atomics).
 
+With fp32 inputs and TF32 dots (``MixerConfig.acc_order``) the softmax weights and score gradients
+enter their next dot straight from the accumulator registers: the contraction axis is relabelled and
+the other operand's rows are taken in the same order (``flare.ops._triton.acc_order``), which saves
+the register shuffles a TF32 operand otherwise needs (benchmarks/NOTES-mixer.md, v9).
+
 Tile sizes come from ``default_config`` (a heuristic table tuned on an H100, see
 benchmarks/NOTES-mixer.md); ``flare_mixer_triton_impl`` accepts a ``MixerConfig`` and a forced
 number of N-chunks.  For fp32 inputs the dots use ``input_precision="ieee"`` unless

@@ -6,14 +6,18 @@
     python benchmarks/bench_models.py --models flare --backends triton \
         --modes eager,graphs,compile,compile-graphs --profile 12   # how the step is run
 
-Modes: ``eager``; ``graphs`` (forward and backward replayed from CUDA graphs, as ``flare train`` does
-by default); ``compile`` (``torch.compile``, Inductor fuses the pointwise chains); ``compile-graphs``
+Modes: ``eager``; ``graphs`` (the model's forward and backward replayed from CUDA graphs:
+``flare.train.graphs.GraphedTraining``); ``graphs-step`` (forward, loss and backward as one CUDA
+graph, the optimizer eager: ``GraphedStep``, as ``flare train`` does by default on a GPU);
+``compile`` (``torch.compile``, Inductor fuses the pointwise chains); ``compile-graphs``
 (``torch.compile(mode="reduce-overhead")``: compiled and replayed from CUDA graphs, as
 ``flare train`` does with ``train.compile: true`` on a GPU); ``compile-max`` and
 ``compile-max-graphs`` (``max-autotune``: Inductor also generates the matrix products, with the
 pointwise chains fused into them).
 
-Medians of CUDA-event timings after warm-up, peak allocated memory; writes a CSV and prints a table.
+Medians of CUDA-event timings after warm-up (each step between two events, synchronised after it),
+the mean of steps issued back to back (``step_ms_back_to_back``: one synchronisation at the end, as
+in a training loop), peak allocated memory; writes a CSV and prints a table.
 On the CPU it runs too (wall clock), for a quick check.
 """
 from __future__ import annotations
@@ -29,6 +33,7 @@ import yaml
 
 from flare.metrics import relative_l2
 from flare.models import MODELS, PAPER_DATASET_CHANNELS, paper_model
+from flare.train.graphs import GraphedStep
 from timing import cuda_event_times, profiled_kernels
 
 GRIDS = {"darcy": (85, 85), "airfoil": (221, 51), "pipe": (129, 129)}
@@ -83,10 +88,10 @@ def bench_one(name: str, args, backend: str | None, device: torch.device, mode: 
         if mode not in COMPILE_MODES:
             raise ValueError(f"unknown mode {mode!r}; choose from eager, graphs, {', '.join(COMPILE_MODES)}")
         forward = torch.compile(model, mode=COMPILE_MODES[mode])
-    elif mode != "eager" and mode != "graphs":
+    elif mode not in ("eager", "graphs", "graphs-step"):
         raise ValueError(f"unknown mode {mode!r}")
 
-    def step():
+    def forward_backward(x, y):
         if mode in ("compile-graphs", "compile-max-graphs"):
             torch.compiler.cudagraph_mark_step_begin()
         with autocast:
@@ -94,14 +99,20 @@ def bench_one(name: str, args, backend: str | None, device: torch.device, mode: 
         loss = relative_l2(pred.float(), y).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        return (loss.detach(),)
+
+    graphed_step = GraphedStep(forward_backward, enabled=mode == "graphs-step")
+
+    def step():
+        graphed_step(x, y)
         opt.step()
 
     base = {"model": name, "backend": backend or "", "mode": mode, "points": n,
             "settings": " ".join(args.set) if name == "flare" else ""}
     try:
+        if mode.startswith("graphs") and (kwargs or device.type != "cuda"):
+            return {**base, "status": "graphs need CUDA and a single input"}
         if mode == "graphs":
-            if kwargs or device.type != "cuda":
-                return {**base, "status": "graphs need CUDA and a single input"}
             with autocast:
                 forward = torch.cuda.make_graphed_callables(model, (x,))
         t0 = time.perf_counter()
@@ -110,11 +121,13 @@ def bench_one(name: str, args, backend: str | None, device: torch.device, mode: 
         if device.type == "cuda":
             torch.cuda.synchronize()
         warmup_s = time.perf_counter() - t0
+        stream_ms = float("nan")
         if device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats(device)
             times = cuda_event_times(step, 0, args.reps)
             peak = torch.cuda.max_memory_allocated(device) / 2**30
+            stream_ms = back_to_back_ms(step, args.reps)
         else:
             times = []
             for _ in range(args.reps):
@@ -129,8 +142,22 @@ def bench_one(name: str, args, backend: str | None, device: torch.device, mode: 
         return {**base, "status": f"failed: {type(err).__name__}: {str(err)[:120]}"}
     return {**base, "batch": args.batch, "precision": args.precision,
             "parameters": sum(p.numel() for p in model.parameters()),
-            "step_ms_median": float(pd.Series(times).median()), "peak_gib": peak,
+            "step_ms_median": float(pd.Series(times).median()), "step_ms_back_to_back": stream_ms, "peak_gib": peak,
             "warmup_s": warmup_s, **kernels, "status": "ok"}
+
+
+def back_to_back_ms(step, reps: int) -> float:
+    """Milliseconds per step of ``reps`` steps issued back to back with one synchronisation at the end
+    (the host runs ahead where it can, as in a training loop); against the per-step median this shows
+    how much of a step the host's own time is."""
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        step()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / reps
 
 
 def profile_step(step, top: int, label: str) -> dict:
@@ -156,7 +183,8 @@ def main() -> None:
     parser.add_argument("--checkpointing", action="store_true", help="activation checkpointing per block")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="FLARE hyperparameter over its paper setting, e.g. --set num_heads=8 (repeatable)")
-    parser.add_argument("--modes", default="eager", help="comma-separated: eager, graphs, compile, compile-graphs, compile-max, compile-max-graphs")
+    parser.add_argument("--modes", default="eager", help="comma-separated: eager, graphs, graphs-step, compile, compile-graphs, compile-max, "
+                        "compile-max-graphs")
     parser.add_argument("--profile", type=int, default=0, help="print the top K kernels of one profiled step")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--reps", type=int, default=20)

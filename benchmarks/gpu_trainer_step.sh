@@ -1,23 +1,26 @@
 #!/usr/bin/env bash
 # Time per step through `flare train` itself (data loading, loss, metrics, optimizer, schedule
 # included) for FLARE at the paper's Darcy settings on a GPU: eager, CUDA graphs (the default) and
-# torch.compile with its CUDA graphs. Small generated Darcy (85 x 85, 64 train / 16 test).
-#   OUT=results/bench EPOCHS=4 bash benchmarks/gpu_trainer_step.sh
+# torch.compile with its CUDA graphs. Small generated Darcy (85 x 85, NUM_TRAIN train samples, 64 by default, and 16 test).
+#   OUT=results/bench EPOCHS=4 [VARIANTS=eager,graphs,compile] bash benchmarks/gpu_trainer_step.sh
 set -uo pipefail
 OUT=${OUT:-results/bench}
 EPOCHS=${EPOCHS:-4}
+NUM_TRAIN=${NUM_TRAIN:-64}
 mkdir -p "$OUT"
 export PYTHONPATH=src PYTHONUNBUFFERED=1
 W=/tmp/flare-trainer-step
 rm -rf "$W"; mkdir -p "$W"
 python -m flare data generate --dataset darcy --raw-dir "$W/raw" \
-  --options '{"resolution": 85, "samples_per_file": 64}' --workers "$(nproc)" > "$W/gen.log" 2>&1
+  --options "{\"resolution\": 85, \"samples_per_file\": $((NUM_TRAIN + 16))}" --workers "$(nproc)" > "$W/gen.log" 2>&1
 python -m flare data prepare --dataset darcy --raw-dir "$W/raw" --out "$W/data" \
-  --options '{"resolution": 85, "samples_per_file": 64, "subsample": 1, "num_train": 64, "num_test": 16}' \
+  --options "{\"resolution\": 85, \"samples_per_file\": $((NUM_TRAIN + 16)), \"subsample\": 1, \"num_train\": $NUM_TRAIN, \"num_test\": 16}" \
   > "$W/prep.log" 2>&1
+VARIANTS=${VARIANTS:-eager,graphs,compile}
 for variant in "eager:--set train.cuda_graphs=false" "graphs:--set train.cuda_graphs=true" \
                "compile:--set train.compile=true"; do
   name=${variant%%:*}; flags=${variant#*:}
+  [[ ",$VARIANTS," == *",$name,"* ]] || continue
   python -m flare train --data-dir "$W/data" --model flare --seed 0 --out "$W/runs/$name" \
     --epochs "$EPOCHS" --no-progress $flags > "$W/$name.log" 2>&1 || { echo "$name failed"; tail -5 "$W/$name.log"; }
 done

@@ -95,7 +95,7 @@ def test_nan_loss_stops_with_the_step_named(tiny_darcy, tmp_path, monkeypatch):
     config = resolve_config(tiny_darcy, "flare", 0, TINY)
     trainer = Trainer(config, tmp_path / "run", progress=False)
     trainer.sync_every = 1  # checked at once (the CPU default; a GPU checks every 50 steps)
-    monkeypatch.setattr(trainer, "loss", lambda p, t: (torch.tensor(math.nan), torch.tensor(0.0)))
+    monkeypatch.setattr(trainer, "loss", lambda p, t: (p.float().sum() * math.nan, torch.tensor(0.0)))
     with pytest.raises(FloatingPointError, match="epoch 1, step 1"):
         trainer.fit()
     assert (tmp_path / "run" / "ckpt00.pt").exists()

@@ -27,7 +27,7 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast with loss scaling, CUDA only)
     ema_decay: float = 0.0  # > 0 keeps an exponential moving average of the weights, used for evaluation
     compile: bool = False  # torch.compile the model (with its own CUDA graphs when cuda_graphs applies)
-    cuda_graphs: bool = True  # on CUDA, replay forward + backward from CUDA graphs (flare.train.graphs)
+    cuda_graphs: bool = True  # on CUDA, replay each step up to the optimizer from a CUDA graph (flare.train.graphs)
     plots: bool = True  # loss, gradient-norm and learning-rate plots in the run folder
 
     @classmethod

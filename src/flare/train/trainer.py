@@ -47,7 +47,7 @@ from flare.train.checkpoint import (
 )
 from flare.train import distributed
 from flare.train.config import TrainConfig
-from flare.train.graphs import GraphedTraining
+from flare.train.graphs import GraphedStep, GraphedTraining
 from flare.train.plots import plot_history
 from flare.train.optim import make_optimizer, make_scheduler
 
@@ -186,7 +186,12 @@ class Trainer:
         self.compiled_graphs = bool(self.cfg.compile and use_graphs)
         if self.cfg.compile:
             self.net = torch.compile(self.net, mode="reduce-overhead" if self.compiled_graphs else None)
-        self.graphs = GraphedTraining(self.model, enabled=use_graphs and not self.cfg.compile)
+        # the whole step up to the optimizer as one graph, except under fp16 loss scaling (its inf
+        # checks synchronise with the host); there, or if that capture fails, the model alone
+        self.step_graph = GraphedStep(self._forward_backward,
+                                      enabled=use_graphs and not self.cfg.compile and self.cfg.precision != "fp16")
+        self.graphs = GraphedTraining(self.model, enabled=use_graphs and not self.cfg.compile
+                                      and not self.step_graph.enabled)
         self.ema = None
         if self.cfg.ema_decay > 0:
             self.ema = torch.optim.swa_utils.AveragedModel(
@@ -280,6 +285,24 @@ class Trainer:
             rel = relative_l2_with_gradients(pred, target, self.grid_shape, 0.0)
         return per_sample.mean(), rel.mean()
 
+    def _forward_backward(self, x: torch.Tensor, y: torch.Tensor, *edges: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One step up to the optimizer update (forward, loss, backward, unscaling, clipping):
+        (loss, relative L2, gradient norm before clipping), detached; ``edges`` for a mesh model.
+        Replayed from one CUDA graph by ``self.step_graph`` where that applies."""
+        with self.autocast():
+            if self.graphs.enabled:
+                pred = self.graphs(x, *edges)
+            else:
+                pred = self.net(x, **({"edges": edges[0]} if edges else {}))
+        loss, rel = self.loss(pred, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        max_norm = self.cfg.clip_grad_norm if self.cfg.clip_grad_norm > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        return loss.detach(), rel.detach(), grad_norm.detach()
+
     def train_epoch(self, epoch: int) -> dict:
         """Run the steps of ``epoch`` from ``self.step_in_epoch`` on; returns the epoch's mean metrics.
 
@@ -299,30 +322,25 @@ class Trainer:
             indices = order[start : start + local].tolist()
             x, y = self.train_set.batch(indices if order_on_device is None else order_on_device[start : start + local])
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            extra = {"edges": self.train_set.batch_edges(indices).to(self.device)} if self.needs_edges else {}
+            edges = (self.train_set.batch_edges(indices).to(self.device),) if self.needs_edges else ()
             if self.compiled_graphs:  # the previous step's graph outputs are no longer needed
                 torch.compiler.cudagraph_mark_step_begin()
-            with self.autocast():
-                pred = self.graphs(x, *extra.values()) if self.graphs.enabled else self.net(x, **extra)
-            loss, rel = self.loss(pred, y)
+            loss, rel, grad_norm = self.step_graph(x, y, *edges)
+            if self.step_graph.failed and not self.graphs.enabled:
+                self.graphs.enabled = True  # the whole step did not capture: try the model alone
             with torch.no_grad():
-                first = (bad_step < 0) & ~torch.isfinite(loss.detach())
+                first = (bad_step < 0) & ~torch.isfinite(loss)
                 bad_step = torch.where(first, step, bad_step)
-                bad_value = torch.where(first, loss.detach().float(), bad_value)
+                bad_value = torch.where(first, loss.float(), bad_value)
             if (step + 1) % self.sync_every == 0:  # every step on the CPU: before its update
                 self._check_finite(bad_step, bad_value, epoch)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.unscale_(self.optimizer)
-            max_norm = self.cfg.clip_grad_norm if self.cfg.clip_grad_norm > 0 else math.inf
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
             if self.ema is not None:
                 self.ema.update_parameters(self.model)
             with torch.no_grad():
-                totals += torch.stack([loss.detach(), rel.detach(), grad_norm.detach()]).double()
+                totals += torch.stack([loss, rel, grad_norm]).double()
             if distributed.any_rank(self._stop_requested, self.dist, self.device):
                 self._check_finite(bad_step, bad_value, epoch)
                 self.step_in_epoch = step + 1

@@ -2,6 +2,7 @@
 warm-up epoch) and prints the operators by host (CPU) time, with the GPU time beside them.
 
     PYTHONPATH=src python benchmarks/profile_trainer.py --data-dir <prepared dataset> [--set train.compile=true]
+        [--sort self_device_time_total]
 """
 import argparse
 import time
@@ -20,6 +21,8 @@ def main() -> None:
     parser.add_argument("--run-dir", default="/tmp/flare-profile-run")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--sort", default="self_cpu_time_total",
+                        help="profiler column to sort by, e.g. self_device_time_total for the GPU's kernels")
     args = parser.parse_args()
     config = resolve_config(args.data_dir, args.model, 0, parse_set(args.set))
     trainer = Trainer(config, Path(args.run_dir), progress=False)
@@ -40,7 +43,7 @@ def main() -> None:
             torch.cuda.synchronize()
     steps = trainer.steps_per_epoch
     print(f"{steps} steps, {1e3 * plain / steps:.2f} ms per step without the profiler")
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.top, max_name_column_width=60))
+    print(prof.key_averages().table(sort_by=args.sort, row_limit=args.top, max_name_column_width=60))
 
 
 if __name__ == "__main__":

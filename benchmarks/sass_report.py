@@ -86,7 +86,7 @@ def mlp_kernel(args):
     # the kernels' own constants for these widths (residuals only where the widths match, as ResidualMLP)
     consts = dict(IN=win, HID=w, OUT=wout, L=args.layers, BLOCK_T=args.block_t, BLOCK_IN=fm._block_in(win, w, dot),
                   BLOCK_HID=block, BLOCK_OUT=fm._block(wout), IN_RES=win == w, OUT_RES=wout == w, ADD_X=args.add_x,
-                  SAVE=True, NORM=True, PARTIALS=True, SLOT_A=slot_a, SLOT_B=slot_b, DOT_DTYPE=TL_DTYPES[args.dtype],
+                  SAVE=True, NORM=True, PARTIALS=True, G_OUT=False, G_IN=False, SLOT_A=slot_a, SLOT_B=slot_b, DOT_DTYPE=TL_DTYPES[args.dtype],
                   DOT_PREC=args.prec, ACC_ORDER=args.acc_order)
     consts = {k: v for k, v in consts.items() if k in params}
     ptrs = {n for n in params if n.endswith("_ptr") or n in ("w_in", "b_in", "w_hid", "b_hid", "w_out", "b_out",

@@ -219,6 +219,10 @@ def test_operator_schema_and_fake_tensors():
     ln = [torch.randn(12, device=DEVICE, requires_grad=True) for _ in range(2)]
     torch.library.opcheck(torch.ops.flare.fused_mlp_fwd.default, (x, *p, *ln, 1e-5, False, False, True, "float32", True),
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+    q = [(t.detach() + 0.1).requires_grad_() for t in p]
+    torch.library.opcheck(torch.ops.flare.fused_mlp_pair_fwd.default, (x, *p, *q, *ln, 1e-5, False, False, "float32",
+                                                                        True),
+                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
 
 
 def test_compiles_without_graph_break():
@@ -234,6 +238,27 @@ def test_compiles_without_graph_break():
     assert rel_err(y, eager) < 1e-6
     for a, p in zip(g_eager, fused.parameters()):
         assert rel_err(p.grad, a) < 1e-6
+
+
+def test_pair_compiles_without_graph_break():
+    _, a = make_pair(16, 16, 16, 1, True, True, seed=6)
+    _, b = make_pair(16, 16, 16, 1, True, True, seed=7)
+    x = torch.randn(30, 16, device=DEVICE)
+
+    def both(x):
+        ya, yb = a.forward_pair(b, x)
+        return ya * yb
+
+    eager = both(x)
+    eager.sum().backward()
+    g_eager = [p.grad.clone() for p in list(a.parameters()) + list(b.parameters())]
+    a.zero_grad()
+    b.zero_grad()
+    y = torch.compile(both, backend="aot_eager", fullgraph=True)(x)
+    y.sum().backward()
+    assert rel_err(y, eager) < 1e-6
+    for g, p in zip(g_eager, list(a.parameters()) + list(b.parameters())):
+        assert rel_err(p.grad, g) < 1e-6
 
 
 @gpu_only
@@ -265,3 +290,91 @@ def test_activation_checkpointing_recomputes_the_same():
     ckpt(x).square().mean().backward()
     for (name, a), b in zip(plain.named_parameters(), ckpt.parameters()):
         assert rel_err(b.grad, a.grad) < 1e-6, name
+
+
+def compare_pair(shape, dtype=torch.float32, tol=1e-5, norm=True, monkeypatch=None):
+    """Two MLPs on one x through ``forward_pair`` (one fused backward) against the torch path of each
+    in float64: both outputs, dx, every parameter gradient of both and the shared norm's."""
+    IN, HID, OUT, L, in_res, out_res, T = shape
+    ref_a, fused_a = make_pair(IN, HID, OUT, L, in_res, out_res, seed=T)
+    ref_b, fused_b = make_pair(IN, HID, OUT, L, in_res, out_res, seed=T + 7)
+    ln_ref = ln_fused = None
+    if norm:
+        ln_ref = torch.nn.LayerNorm(IN, dtype=torch.float64)
+        torch.nn.init.normal_(ln_ref.weight, 1.0, 0.3)
+        torch.nn.init.normal_(ln_ref.bias, 0.0, 0.3)
+        ln_fused = copy.deepcopy(ln_ref).to(DEVICE, dtype)
+    g = torch.Generator().manual_seed(T + 2)
+    x = 2.0 * torch.randn(2, T, IN, generator=g, dtype=torch.float64) + 0.5
+    dya, dyb = (torch.randn(2, T, OUT, generator=g, dtype=torch.float64) for _ in range(2))
+    xr = x.clone().requires_grad_()
+    ((ref_a(xr, norm=ln_ref) * dya).sum() + (ref_b(xr, norm=ln_ref) * dyb).sum()).backward()
+    xf = x.to(DEVICE, dtype).requires_grad_()
+    fused_a, fused_b = fused_a.to(dtype), fused_b.to(dtype)
+    assert fused_a.pairs_with(fused_b, xf, ln_fused)
+    ya, yb = fused_a.forward_pair(fused_b, xf, norm=ln_fused)
+    ((ya * dya.to(DEVICE, dtype)).sum() + (yb * dyb.to(DEVICE, dtype)).sum()).backward()
+    errs = {"ya": rel_err(ya, ref_a(x, norm=ln_ref)), "yb": rel_err(yb, ref_b(x, norm=ln_ref)),
+            "dx": rel_err(xf.grad, xr.grad)}
+    params = [(f"a.{n}", p, q) for (n, p), q in zip(ref_a.named_parameters(), fused_a.parameters())]
+    params += [(f"b.{n}", p, q) for (n, p), q in zip(ref_b.named_parameters(), fused_b.parameters())]
+    if norm:
+        params += [(f"norm.{n}", p, q) for (n, p), q in zip(ln_ref.named_parameters(), ln_fused.parameters())]
+    for name, pr, pf in params:
+        assert pf.grad is not None and pf.grad.shape == pr.shape, name
+        errs[name] = rel_err(pf.grad, pr.grad)
+    assert max(errs.values()) < tol, errs
+    return errs
+
+
+@pytest.mark.parametrize("norm", [True, False], ids=["norm", "plain"])
+@pytest.mark.parametrize("shape", [(16, 16, 16, 2, True, True, 45), (12, 24, 8, 0, False, False, 33)],
+                         ids=["kv", "narrow"])
+def test_pair_values_and_grads(shape, norm):
+    """A pair (FLARE's key and value projections): the second MLP's input gradient is added inside
+    the first's backward kernel before the norm's backward; ragged token count, two samples."""
+    compare_pair(shape, norm=norm)
+
+
+def test_pair_runs_singly_when_switched_off_or_at_many_tokens(monkeypatch):
+    """PAIRS = False, or so many tokens that the backward takes the split-token path: two single
+    MLPs, the same results."""
+    calls = []
+    monkeypatch.setattr(fm, "_pair_fwd_op", lambda *a: calls.append(1))
+    monkeypatch.setattr(fm, "PAIRS", False)
+    compare_pair((16, 16, 16, 1, True, True, 20))
+    monkeypatch.setattr(fm, "PAIRS", True)
+    monkeypatch.setattr(fm, "PARTIALS_MAX_BYTES", 0)
+    compare_pair((16, 16, 16, 1, True, True, 20))
+    assert calls == []
+
+
+def test_flare_uses_the_pair_with_the_same_gradients(monkeypatch):
+    """FLARE's mixer runs its key and value projections as a pair; the model's output and gradients
+    equal those of two single fused MLPs (up to the order of one sum)."""
+    torch.manual_seed(0)
+    model = build("flare", 3, 2, channel_dim=16, num_blocks=1, num_heads=2, num_latents=8,
+                  mlp_backend="triton", attn_backend="reference").to(DEVICE)
+    mixer = model.blocks[0].mixer
+    x = torch.randn(2, 40, 3, device=DEVICE)
+    assert mixer.key_proj.pairs_with(mixer.value_proj, torch.zeros(1, 16, device=DEVICE), model.blocks[0].norm1)
+    runs = []
+    for pairs in (True, False):
+        monkeypatch.setattr(fm, "PAIRS", pairs)
+        model.zero_grad(set_to_none=True)
+        out = model(x)
+        out.square().mean().backward()
+        runs.append((out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (out_pair, g_pair), (out_single, g_single) = runs
+    assert torch.equal(out_pair, out_single)
+    for name in g_single:
+        assert rel_err(g_pair[name], g_single[name]) < 1e-5, name
+
+
+def test_pair_shapes_must_match():
+    a = ResidualMLP(8, 16, 8, 1, True, True, backend="triton").to(DEVICE)
+    b = ResidualMLP(8, 32, 8, 1, True, True, backend="triton").to(DEVICE)
+    x = torch.randn(5, 8, device=DEVICE)
+    assert not a.pairs_with(b, x, None)
+    with pytest.raises(ValueError, match="same shapes"):
+        fm.fused_residual_mlp_pair(x, a.fused_params(), b.fused_params(), True, True)

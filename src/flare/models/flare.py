@@ -76,8 +76,12 @@ class FLAREMixer(nn.Module):
         if norm is not None and not self.key_proj.fuses_norm(u, norm):
             u, norm = norm(u), None
         B, N, C = u.shape
-        k = self.key_proj(u, norm=norm).view(B, N, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, N, D]
-        v = self.value_proj(u, norm=norm).view(B, N, self.num_heads, self.head_dim).transpose(1, 2)
+        if self.key_proj.pairs_with(self.value_proj, u, norm):  # one fused backward for both
+            k, v = self.key_proj.forward_pair(self.value_proj, u, norm=norm)
+        else:
+            k, v = self.key_proj(u, norm=norm), self.value_proj(u, norm=norm)
+        k = k.view(B, N, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, N, D]
+        v = v.view(B, N, self.num_heads, self.head_dim).transpose(1, 2)
         q = self.queries().to(k.dtype)
         y = flare_mixer(q, k, v, backend=self.backend)  # [B, H, N, D]
         if skip is not None and self.key_proj.uses_fused(skip):

@@ -98,6 +98,32 @@ class ResidualMLP(nn.Module):
         the input features, with weight and bias) rather than applying it first."""
         return self._kernel_norm(x, norm) and self.uses_fused(x)
 
+    def fused_params(self) -> tuple:
+        """(w_in, b_in, w_hid, b_hid, w_out, b_out) as ``flare.ops.fused_mlp`` takes them."""
+        return (self.fc_in.weight, self.fc_in.bias, self.hidden_weight, self.hidden_bias,
+                self.fc_out.weight, self.fc_out.bias)
+
+    def pairs_with(self, other: "ResidualMLP", x: torch.Tensor, norm: Optional[nn.Module]) -> bool:
+        """Whether this MLP and ``other`` can run on ``x`` (and ``norm``) as one fused pair
+        (``forward_pair``): both fused, the norm inside the kernels or absent, the same shapes."""
+        if self.single_linear or other.single_linear or not (self.uses_fused(x) and other.uses_fused(x)):
+            return False
+        if norm is not None and not self._kernel_norm(x, norm):
+            return False
+        same = ([None if p is None else tuple(p.shape) for p in self.fused_params()]
+                == [None if p is None else tuple(p.shape) for p in other.fused_params()])
+        return (same and (self.input_residual, self.output_residual) == (other.input_residual, other.output_residual))
+
+    def forward_pair(self, other: "ResidualMLP", x: torch.Tensor,
+                     norm: Optional[nn.Module] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(self(norm(x)), other(norm(x)))`` with one fused backward for both (``pairs_with`` must
+        hold): the gradients with respect to x and the norm are summed inside the kernels."""
+        from flare.ops.fused_mlp import fused_residual_mlp_pair
+
+        return fused_residual_mlp_pair(x, self.fused_params(), other.fused_params(), self.input_residual,
+                                       self.output_residual,
+                                       norm=None if norm is None else (norm.weight, norm.bias, norm.eps))
+
     def forward(self, x: torch.Tensor, norm: Optional[nn.Module] = None, add_input: bool = False) -> torch.Tensor:
         """``self(norm(x))``, plus ``x`` with ``add_input`` (a pre-norm block's skip connection, summed
         inside the fused kernels when they run); see ``fuses_norm``."""

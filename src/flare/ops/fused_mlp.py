@@ -44,7 +44,7 @@ from flare.ops._triton import register_cap
 from flare.ops._triton import sm_count as _sm_count
 from flare.ops._triton import tl, triton
 
-__all__ = ["fused_residual_mlp", "fused_mlp_available", "fused_mlp_supports", "dot_dtype_for", "MAX_WIDTH"]
+__all__ = ["fused_residual_mlp", "fused_residual_mlp_pair", "fused_mlp_available", "fused_mlp_supports", "dot_dtype_for", "MAX_WIDTH"]
 
 # widest layer the kernels take: a [tokens, width] fp32 tile and a [width, width] weight tile live in
 # registers at once
@@ -197,12 +197,12 @@ if _TRITON_IMPORT_ERROR is None:
     @triton.jit
     def _mlp_bwd_kernel(
         x_ptr, dy_ptr, s_ptr, w_in, b_in, w_hid, b_hid, w_out, dx_ptr, da_ptr, dw_ptr, db_ptr,
-        ln_w, ln_b, eps, xn_ptr, lnp_ptr, part_row,
+        ln_w, ln_b, eps, xn_ptr, lnp_ptr, part_row, g_ptr,
         T, IN: tl.constexpr, HID: tl.constexpr, OUT: tl.constexpr,
         L: tl.constexpr, BLOCK_T: tl.constexpr,
         BLOCK_IN: tl.constexpr, BLOCK_HID: tl.constexpr, BLOCK_OUT: tl.constexpr,
         IN_RES: tl.constexpr, OUT_RES: tl.constexpr, ADD_X: tl.constexpr, PARTIALS: tl.constexpr,
-        NORM: tl.constexpr,
+        NORM: tl.constexpr, G_OUT: tl.constexpr, G_IN: tl.constexpr,
         SLOT_A: tl.constexpr, SLOT_B: tl.constexpr,
         DOT_DTYPE: tl.constexpr, DOT_PREC: tl.constexpr, ACC_ORDER: tl.constexpr,
     ):
@@ -211,7 +211,11 @@ if _TRITON_IMPORT_ERROR is None:
         and bias gradient, in layer slots 0 (input), 1 + l (hidden), L + 1 (output) of the tile's row
         of partials (rows ``part_row`` elements apart; dw, db and lnp may point into one buffer).
         NORM: the input is LayerNorm(x) computed here; dx is through the norm, the tile's shares of
-        the norm's weight and bias gradients go to lnp's row and (not PARTIALS) LayerNorm(x) to xn."""
+        the norm's weight and bias gradients go to lnp's row and (not PARTIALS) LayerNorm(x) to xn.
+        Two MLPs on one input (a pair, see ``fused_residual_mlp_pair``): G_OUT stops at the gradient
+        with respect to the MLP's input (LayerNorm(x) with NORM) and writes it to g_ptr (fp32 [T, IN])
+        instead of dx; G_IN adds that gradient of the other MLP before the norm's backward, so the
+        norm's gradients and dx are those of both."""
         pid = tl.program_id(0)
         rows = (pid * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)[:, None]
         rmask = rows < T
@@ -273,17 +277,22 @@ if _TRITON_IMPORT_ERROR is None:
         dx = tl.dot(acc_order_cols(da.to(DOT_DTYPE), ACC_ORDER), w, input_precision=DOT_PREC)
         if IN_RES:
             dx += dh
-        if NORM:  # dx is ∂loss/∂LayerNorm(x) so far
-            cl = tl.arange(0, BLOCK_IN)
-            tl.store(lnp_ptr + cl, tl.sum(dx * xhat, axis=0))
-            tl.store(lnp_ptr + BLOCK_IN + cl, tl.sum(dx, axis=0))
-            dxhat = dx * g
-            c1 = tl.sum(dxhat * xhat, 1) / IN
-            c2 = tl.sum(dxhat, 1) / IN
-            dx = (dxhat - c2[:, None] - xhat * c1[:, None]) * rstd[:, None]
-        if ADD_X:  # the skip connection passes dy through (reloaded: keeping it live costs registers)
-            dx += tl.load(dy_ptr + rows * OUT + ci, mask=xmask, other=0.0).to(tl.float32)
-        tl.store(dx_ptr + rows * IN + ci, dx.to(dx_ptr.dtype.element_ty), mask=xmask)
+        if G_IN:  # the other MLP of the pair: its gradient with respect to the same input
+            dx += tl.load(g_ptr + rows * IN + ci, mask=xmask, other=0.0)
+        if G_OUT:
+            tl.store(g_ptr + rows * IN + ci, dx, mask=xmask)
+        else:
+            if NORM:  # dx is ∂loss/∂LayerNorm(x) so far
+                cl = tl.arange(0, BLOCK_IN)
+                tl.store(lnp_ptr + cl, tl.sum(dx * xhat, axis=0))
+                tl.store(lnp_ptr + BLOCK_IN + cl, tl.sum(dx, axis=0))
+                dxhat = dx * g
+                c1 = tl.sum(dxhat * xhat, 1) / IN
+                c2 = tl.sum(dxhat, 1) / IN
+                dx = (dxhat - c2[:, None] - xhat * c1[:, None]) * rstd[:, None]
+            if ADD_X:  # the skip connection passes dy through (reloaded: keeping it live costs registers)
+                dx += tl.load(dy_ptr + rows * OUT + ci, mask=xmask, other=0.0).to(tl.float32)
+            tl.store(dx_ptr + rows * IN + ci, dx.to(dx_ptr.dtype.element_ty), mask=xmask)
 
     @triton.jit
     def _mlp_wgrad_kernel(
@@ -416,6 +425,14 @@ def _forward(x, w_in, b_in, w_hid, b_hid, w_out, b_out, ln_w, ln_b, eps, input_r
     return y, s
 
 
+def _partial_rows(T: int, IN: int, HID: int, OUT: int, L: int) -> Optional[int]:
+    """Rows of the per-tile partials the backward kernel writes for T tokens (one per program), or
+    None when there are so many tokens that the split-token kernels sum the gradients instead."""
+    ba, bb = _grad_blocks(IN, HID, OUT)
+    tiles = triton.cdiv(T, _tile(HID, _interpreting())[0])
+    return tiles if tiles * (L + 2) * ba * bb * 4 <= PARTIALS_MAX_BYTES else None
+
+
 def _backward(dy, x, s, w_in, b_in, w_hid, b_hid, w_out, ln_w, ln_b, eps, input_residual, output_residual,
               add_input, dot):
     """dx, and every parameter gradient in one flat fp32 tensor (``split_grads`` takes it apart): the
@@ -442,19 +459,20 @@ def _backward(dy, x, s, w_in, b_in, w_hid, b_hid, w_out, ln_w, ln_b, eps, input_
                   **register_cap(MAXNREG))
     ln = (ln_w if norm else b_in, ln_b if norm else b_in, float(eps))
 
-    if tiles * (L + 2) * ba * bb * 4 <= PARTIALS_MAX_BYTES:
+    if _partial_rows(T, IN, HID, OUT, L) is not None:
         # few tokens: every program writes its tile's share of all weight, bias and norm gradients
         # into its own row of one buffer, summed by one torch reduction (no pre-activation gradients written)
         part = torch.empty((tiles, n_w + n_b + n_ln), **f32)
         _mlp_bwd_kernel[(tiles,)](x, dy, s, w_in, b_in, w_hid, b_hid, w_out, dx, dx, part, part[:, n_w:], *ln, dx,
-                                  part[:, n_w + n_b:], part.shape[1], T, IN, HID, OUT, PARTIALS=True, **common)
+                                  part[:, n_w + n_b:], part.shape[1], dx, T, IN, HID, OUT, PARTIALS=True,
+                                  G_OUT=False, G_IN=False, **common)
         return dx, part.sum(0)
     da = torch.empty((L + 1, T, HID), device=x.device, dtype=dot_dtype)
     # with a norm the input layer's weight gradient needs LayerNorm(x): the backward kernel stores it
     xn = torch.empty((T, IN), device=x.device, dtype=dot_dtype) if norm else x
     lnp = torch.empty((tiles, n_ln), **f32)
-    _mlp_bwd_kernel[(tiles,)](x, dy, s, w_in, b_in, w_hid, b_hid, w_out, dx, da, dx, dx, *ln, xn, lnp, n_ln,
-                              T, IN, HID, OUT, PARTIALS=False, **common)
+    _mlp_bwd_kernel[(tiles,)](x, dy, s, w_in, b_in, w_hid, b_hid, w_out, dx, da, dx, dx, *ln, xn, lnp, n_ln, dx,
+                              T, IN, HID, OUT, PARTIALS=False, G_OUT=False, G_IN=False, **common)
     # weight gradients: sums over the tokens, split into chunks so that every SM works; the chunks'
     # partials are summed by torch afterwards (deterministic, no atomics). Three launches: the input
     # layer, the hidden layers, the output layer (their operands differ in dtype and width).
@@ -558,13 +576,198 @@ def _backward_rule(ctx, dy, _ds):
     dx, grads = _mlp_bwd_op(dy, x, s, w_in, b_in, w_hid, b_hid, w_out, ln_w, ln_b, eps,
                             input_residual, output_residual, add_input, dot)
     L, HID, IN, OUT = w_hid.shape[0], w_in.shape[0], w_in.shape[1], w_out.shape[0]
-    dw, db, dln = split_grads(grads, IN, HID, OUT, L, ln_w is not None, dot)
-    dln_w, dln_b = (dln[0], dln[1]) if ln_w is not None else (None, None)
-    return (dx, dw[0, :HID, :IN], db[0, :HID], dw[1:L + 1, :HID, :HID], db[1:L + 1, :HID],
-            dw[L + 1, :OUT, :HID], db[L + 1, :OUT], dln_w, dln_b) + (None,) * (_FWD_ARGS - 9)
+    return (dx,) + _param_grads(grads, IN, HID, OUT, L, ln_w is not None, dot) + (None,) * (_FWD_ARGS - 9)
+
+
+def _param_grads(grads: torch.Tensor, IN: int, HID: int, OUT: int, L: int, norm: bool, dot: str) -> tuple:
+    """The backward's flat gradient tensor -> gradients of (w_in, b_in, w_hid, b_hid, w_out, b_out, ln_w,
+    ln_b), the last two None without a norm."""
+    dw, db, dln = split_grads(grads, IN, HID, OUT, L, norm, dot)
+    dln_w, dln_b = (dln[0], dln[1]) if norm else (None, None)
+    return (dw[0, :HID, :IN], db[0, :HID], dw[1:L + 1, :HID, :HID], db[1:L + 1, :HID],
+            dw[L + 1, :OUT, :HID], db[L + 1, :OUT], dln_w, dln_b)
 
 
 _mlp_fwd_op.register_autograd(_backward_rule, setup_context=_setup)
+
+
+# --------------------------------------------------------------------------------------------
+# Two MLPs of one shape on one input (FLARE's key and value projections, both behind norm1). The
+# forward is the single MLP's kernel twice; the backward runs the second MLP's kernel up to the
+# gradient with respect to the shared (normed) input, which the first MLP's kernel adds before the
+# norm's backward (G_OUT / G_IN), and both write their partials into one buffer. Against two single
+# MLPs that saves per pair an addition of the input gradients, the two additions of the shared
+# norm's weight and bias gradients, one norm backward and one partials sum.
+# --------------------------------------------------------------------------------------------
+_PAIR_PARAMS = 12  # w_in, b_in, w_hid, b_hid, w_out, b_out of each MLP
+# False: fused_residual_mlp_pair runs its two MLPs separately (benchmarks)
+PAIRS = True
+
+
+def _pair_grad_sizes(IN: int, HID: int, OUT: int, L: int, norm: bool, dot: str) -> Tuple[int, int]:
+    """(per-MLP weight + bias length, norm length) of the pair backward's flat gradient tensor."""
+    n_w, n_b, n_ln = _grad_sizes(IN, HID, OUT, L, norm, dot)
+    return n_w + n_b, n_ln
+
+
+def _backward_pair(dys, x, ss, params, ln_w, ln_b, eps, input_residual, output_residual, dot):
+    """(dx of both, flat fp32 gradients [first MLP's weights and biases | second's | the norm's])."""
+    (w_in, b_in, w_hid, b_hid, w_out, _), _ = params[:6], params[6:]
+    T, IN, HID, OUT, L = _dims(x, w_in, w_hid, w_out)
+    dot_dtype = _DTYPES[dot]
+    norm = ln_w is not None
+    n_mlp, n_ln = _pair_grad_sizes(IN, HID, OUT, L, norm, dot)
+    n_w = _grad_sizes(IN, HID, OUT, L, norm, dot)[0]
+    dx = torch.empty_like(x)
+    f32 = dict(device=x.device, dtype=torch.float32)
+    if T == 0:
+        return dx, torch.zeros((2 * n_mlp + n_ln,), **f32)
+    bt, warps = _tile(HID, _interpreting())
+    dtl, prec = _dot_args(dot_dtype)
+    tiles = triton.cdiv(T, bt)
+    ba, bb = _grad_blocks(IN, HID, OUT)
+    part = torch.empty((tiles, 2 * n_mlp + n_ln), **f32)
+    g = torch.empty((T, IN), **f32)  # the second MLP's gradient with respect to the shared input
+    ln = (ln_w if norm else params[1], ln_b if norm else params[1], float(eps))
+    common = dict(L=L, BLOCK_T=bt, BLOCK_IN=_block_in(IN, HID, dot), BLOCK_HID=_block(HID), BLOCK_OUT=_block(OUT),
+                  IN_RES=input_residual, OUT_RES=output_residual, ADD_X=False, NORM=norm, SLOT_A=ba, SLOT_B=bb,
+                  PARTIALS=True, DOT_DTYPE=dtl, DOT_PREC=prec, ACC_ORDER=_acc_order(dot_dtype, prec),
+                  num_warps=warps, **register_cap(MAXNREG))
+    for which, g_out in ((1, True), (0, False)):  # the second MLP first: the first adds its gradient
+        w_in, b_in, w_hid, b_hid, w_out, _ = params[6 * which:6 * which + 6]
+        col = which * n_mlp
+        _mlp_bwd_kernel[(tiles,)](
+            x, dys[which].contiguous(), ss[which], w_in, b_in, w_hid, b_hid, w_out, dx, dx, part[:, col:],
+            part[:, col + n_w:], *ln, dx, part[:, 2 * n_mlp:], part.shape[1], g, T, IN, HID, OUT,
+            G_OUT=g_out, G_IN=not g_out, **common)
+    return dx, part.sum(0)
+
+
+@torch.library.custom_op("flare::fused_mlp_pair_fwd", mutates_args=())
+def _pair_fwd_op(x: torch.Tensor, wa_in: torch.Tensor, ba_in: torch.Tensor, wa_hid: torch.Tensor,
+                 ba_hid: torch.Tensor, wa_out: torch.Tensor, ba_out: torch.Tensor, wb_in: torch.Tensor,
+                 bb_in: torch.Tensor, wb_hid: torch.Tensor, bb_hid: torch.Tensor, wb_out: torch.Tensor,
+                 bb_out: torch.Tensor, ln_w: Optional[torch.Tensor], ln_b: Optional[torch.Tensor], eps: float,
+                 input_residual: bool, output_residual: bool, dot: str, save: bool
+                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(y_a, y_b, saved activations of a, of b): the two MLPs (a, b) on one x (and its LayerNorm)."""
+    ya, sa = _forward(x, wa_in, ba_in, wa_hid, ba_hid, wa_out, ba_out, ln_w, ln_b, eps, input_residual,
+                      output_residual, False, dot, save)
+    yb, sb = _forward(x, wb_in, bb_in, wb_hid, bb_hid, wb_out, bb_out, ln_w, ln_b, eps, input_residual,
+                      output_residual, False, dot, save)
+    return ya, yb, sa, sb
+
+
+@_pair_fwd_op.register_fake
+def _(x, wa_in, ba_in, wa_hid, ba_hid, wa_out, ba_out, wb_in, bb_in, wb_hid, bb_hid, wb_out, bb_out, ln_w, ln_b,
+      eps, input_residual, output_residual, dot, save):
+    T, _, HID, OUT, L = _dims(x, wa_in, wa_hid, wa_out)
+    s_shape = (L + 1, T, HID) if save else (0,)
+    return (x.new_empty((T, OUT)), x.new_empty((T, OUT)), x.new_empty(s_shape, dtype=_DTYPES[dot]),
+            x.new_empty(s_shape, dtype=_DTYPES[dot]))
+
+
+@torch.library.custom_op("flare::fused_mlp_pair_bwd", mutates_args=())
+def _pair_bwd_op(dya: torch.Tensor, dyb: torch.Tensor, x: torch.Tensor, sa: torch.Tensor, sb: torch.Tensor,
+                 wa_in: torch.Tensor, ba_in: torch.Tensor, wa_hid: torch.Tensor, ba_hid: torch.Tensor,
+                 wa_out: torch.Tensor, ba_out: torch.Tensor, wb_in: torch.Tensor, bb_in: torch.Tensor,
+                 wb_hid: torch.Tensor, bb_hid: torch.Tensor, wb_out: torch.Tensor, bb_out: torch.Tensor,
+                 ln_w: Optional[torch.Tensor], ln_b: Optional[torch.Tensor], eps: float, input_residual: bool,
+                 output_residual: bool, dot: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(dx, flat gradients: a's weights and biases, b's, the norm's); see ``_backward_pair``."""
+    params = (wa_in, ba_in, wa_hid, ba_hid, wa_out, ba_out, wb_in, bb_in, wb_hid, bb_hid, wb_out, bb_out)
+    return _backward_pair((dya, dyb), x, (sa, sb), params, ln_w, ln_b, eps, input_residual, output_residual, dot)
+
+
+@_pair_bwd_op.register_fake
+def _(dya, dyb, x, sa, sb, wa_in, ba_in, wa_hid, ba_hid, wa_out, ba_out, wb_in, bb_in, wb_hid, bb_hid, wb_out,
+      bb_out, ln_w, ln_b, eps, input_residual, output_residual, dot):
+    _, IN, HID, OUT, L = _dims(x, wa_in, wa_hid, wa_out)
+    n_mlp, n_ln = _pair_grad_sizes(IN, HID, OUT, L, ln_w is not None, dot)
+    return x.new_empty(x.shape), x.new_empty((2 * n_mlp + n_ln,), dtype=torch.float32)
+
+
+_PAIR_FWD_ARGS = 20  # inputs of flare::fused_mlp_pair_fwd
+
+
+def _pair_setup(ctx, inputs, output):
+    x = inputs[0]
+    params = inputs[1:1 + _PAIR_PARAMS]
+    ln_w, ln_b, eps, input_residual, output_residual, dot, save = inputs[1 + _PAIR_PARAMS:]
+    if not save:
+        raise RuntimeError("fused_residual_mlp_pair: the forward ran without saving activations "
+                           "but a gradient was requested")
+    ctx.save_for_backward(x, output[2], output[3], *params, ln_w, ln_b)
+    ctx.flags = (eps, input_residual, output_residual, dot)
+    ctx.mark_non_differentiable(output[2], output[3])
+    ctx.set_materialize_grads(False)
+
+
+def _pair_backward_rule(ctx, dya, dyb, _dsa, _dsb):
+    if dya is None and dyb is None:
+        return (None,) * _PAIR_FWD_ARGS
+    x, sa, sb, *rest = ctx.saved_tensors
+    params, (ln_w, ln_b) = tuple(rest[:_PAIR_PARAMS]), rest[_PAIR_PARAMS:]
+    eps, input_residual, output_residual, dot = ctx.flags
+    ya_shape = (x.shape[0], params[4].shape[0])
+    dya = torch.zeros(ya_shape, device=x.device, dtype=x.dtype) if dya is None else dya
+    dyb = torch.zeros(ya_shape, device=x.device, dtype=x.dtype) if dyb is None else dyb
+    dx, grads = _pair_bwd_op(dya, dyb, x, sa, sb, *params, ln_w, ln_b, eps, input_residual, output_residual, dot)
+    w_in, _, w_hid, _, w_out, _ = params[:6]
+    L, HID, IN, OUT = w_hid.shape[0], w_in.shape[0], w_in.shape[1], w_out.shape[0]
+    norm = ln_w is not None
+    n_mlp, n_ln = _pair_grad_sizes(IN, HID, OUT, L, norm, dot)
+    # each MLP's part laid out as a single MLP's flat tensor without its norm part
+    ga = _param_grads(grads[:n_mlp], IN, HID, OUT, L, False, dot)[:6]
+    gb = _param_grads(grads[n_mlp:2 * n_mlp], IN, HID, OUT, L, False, dot)[:6]
+    if norm:
+        dln = grads[2 * n_mlp:].view(2, _block_in(IN, HID, dot))[:, :IN]
+        dln_w, dln_b = dln[0], dln[1]
+    else:
+        dln_w = dln_b = None
+    return (dx,) + ga + gb + (dln_w, dln_b) + (None,) * (_PAIR_FWD_ARGS - 1 - _PAIR_PARAMS - 2)
+
+
+_pair_fwd_op.register_autograd(_pair_backward_rule, setup_context=_pair_setup)
+
+
+def fused_residual_mlp_pair(x: torch.Tensor, a: Sequence[torch.Tensor], b: Sequence[torch.Tensor],
+                            input_residual: bool, output_residual: bool,
+                            norm: Optional[Tuple[torch.Tensor, torch.Tensor, float]] = None
+                            ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(fused_residual_mlp(x, *a, ...), fused_residual_mlp(x, *b, ...))`` for two MLPs of the same
+    widths and depth on one ``x`` (and one ``norm``), with one backward for both: ``a`` and ``b`` are
+    (w_in, b_in, w_hid, b_hid, w_out, b_out) as ``fused_residual_mlp`` takes them. At many tokens
+    (where the backward takes the split-token path), or with ``PAIRS`` off, it runs the two MLPs
+    separately."""
+    a, b = (tuple(m[:2]) + (_stacked(m[2], m[0].new_empty((0,) + 2 * (m[0].shape[0],))),
+                            _stacked(m[3], m[1].new_empty((0, m[0].shape[0])))) + tuple(m[4:]) for m in (a, b))
+    shapes = [tuple(t.shape) for t in a]
+    if [tuple(t.shape) for t in b] != shapes:
+        raise ValueError(f"the two MLPs of a pair must have the same shapes; got {shapes} and "
+                         f"{[tuple(t.shape) for t in b]}")
+    w_in, _, w_hid, _, w_out, _ = a
+    HID, L = w_in.shape[0], w_hid.shape[0]
+    T = x.numel() // x.shape[-1] if x.shape[-1] else 0
+    if not PAIRS or _partial_rows(T, w_in.shape[1], HID, w_out.shape[0], L) is None:
+        return (fused_residual_mlp(x, *a, input_residual, output_residual, norm=norm),
+                fused_residual_mlp(x, *b, input_residual, output_residual, norm=norm))
+    _check(x, [w_in, w_hid, w_out], L)
+    if input_residual and w_in.shape[1] != HID or output_residual and w_out.shape[0] != HID:
+        raise ValueError("a residual connection needs equal widths on both sides")
+    dot = dot_name_for(x, "the fused MLP pair")
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1]).contiguous()
+    ln_w, ln_b, eps = norm if norm is not None else (None, None, 0.0)
+    if norm is not None and (ln_w.shape != (x.shape[-1],) or ln_b.shape != (x.shape[-1],)):
+        raise ValueError(f"the norm's weight and bias must have shape ({x.shape[-1]},); got "
+                         f"{tuple(ln_w.shape)} and {tuple(ln_b.shape)}")
+    params = tuple(p.contiguous() for p in tuple(a) + tuple(b))
+    save = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)
+                                        or (norm is not None and (ln_w.requires_grad or ln_b.requires_grad)))
+    ya, yb, _, _ = _pair_fwd_op(x2, *params, ln_w, ln_b, float(eps), bool(input_residual), bool(output_residual),
+                                dot, save)
+    return ya.view(*lead, w_out.shape[0]), yb.view(*lead, w_out.shape[0])
 
 
 def dot_dtype_for(x: torch.Tensor) -> torch.dtype:

@@ -2,13 +2,13 @@
 # Time per step through `flare train` itself (data loading, loss, metrics, optimizer, schedule
 # included) for FLARE at the paper's Darcy settings on a GPU: eager, CUDA graphs (the default) and
 # torch.compile with its CUDA graphs. Small generated Darcy (85 x 85, NUM_TRAIN train samples, 64 by default, and 16 test).
-#   OUT=results/bench EPOCHS=4 [VARIANTS=eager,graphs,compile] bash benchmarks/gpu_trainer_step.sh
+#   OUT=results/bench EPOCHS=4 [VARIANTS=eager,graphs,compile] [SRC=base/src] bash benchmarks/gpu_trainer_step.sh
 set -uo pipefail
 OUT=${OUT:-results/bench}
 EPOCHS=${EPOCHS:-4}
 NUM_TRAIN=${NUM_TRAIN:-64}
 mkdir -p "$OUT"
-export PYTHONPATH=src PYTHONUNBUFFERED=1
+export PYTHONPATH=${SRC:-src} PYTHONUNBUFFERED=1
 W=/tmp/flare-trainer-step
 rm -rf "$W"; mkdir -p "$W"
 python -m flare data generate --dataset darcy --raw-dir "$W/raw" \

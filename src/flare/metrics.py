@@ -35,3 +35,37 @@ def relative_l2_with_gradients(
         tdx, tdy = grid_gradients(target, grid_shape)
         loss = loss + weight * (relative_l2(pdx, tdx) + relative_l2(pdy, tdy))
     return loss
+
+
+def relative_l2_loss_terms(
+    error: torch.Tensor, target: torch.Tensor, grid_shape: tuple[int, int], weight: float, eps: float = 1e-12
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(relative_l2_with_gradients(pred, target, ...), relative_l2(pred, target))`` per sample from
+    the error ``pred − target`` and ``target`` (decoded values), with fewer operations: one norm of
+    the error serves both; central differences are linear, so those of the error are the differences
+    of the two fields', taken on the interior only (the zeroed boundary adds nothing to a norm) and
+    without the factor 1/2, which cancels in each ratio. Only ``error`` needs a gradient. ``[B]`` each.
+    A training step at the paper's Darcy size launches about half as many kernels for its loss."""
+    dims = tuple(range(1, error.dim()))
+    with torch.no_grad():
+        scale = torch.linalg.vector_norm(target, dim=dims).clamp_min(eps)
+    rel = torch.linalg.vector_norm(error, dim=dims) / scale
+    loss = rel
+    if weight:
+        nx, ny = grid_shape
+        e = error.reshape(error.shape[0], nx, ny, -1)
+        t = target.reshape(target.shape[0], nx, ny, -1)
+        grid = (1, 2, 3)
+
+        def diff_x(u):
+            return u[:, 2:, 1:-1] - u[:, :-2, 1:-1]
+
+        def diff_y(u):
+            return u[:, 1:-1, 2:] - u[:, 1:-1, :-2]
+
+        with torch.no_grad():
+            scale_x = torch.linalg.vector_norm(diff_x(t), dim=grid).clamp_min(2 * eps)
+            scale_y = torch.linalg.vector_norm(diff_y(t), dim=grid).clamp_min(2 * eps)
+        loss = rel + weight * (torch.linalg.vector_norm(diff_x(e), dim=grid) / scale_x
+                               + torch.linalg.vector_norm(diff_y(e), dim=grid) / scale_y)
+    return loss, rel.detach()

@@ -6,7 +6,7 @@ import pytest
 import torch
 import yaml
 
-from flare.metrics import grid_gradients, relative_l2, relative_l2_with_gradients
+from flare.metrics import grid_gradients, relative_l2, relative_l2_loss_terms, relative_l2_with_gradients
 from flare.models import build
 from flare.train import TrainConfig, Trainer, resolve_config, train
 from flare.train.checkpoint import checkpoint_epochs, list_checkpoints
@@ -172,3 +172,20 @@ def test_relative_l2_and_grid_gradients():
     assert dx[0, 0].abs().sum() == 0 and dy[0, :, -1].abs().sum() == 0  # boundary zeroed
     pred = u + 1.0  # a constant shift leaves the gradients untouched
     torch.testing.assert_close(relative_l2_with_gradients(pred, u, (5, 4), 0.1), relative_l2(pred, u))
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.1])
+def test_loss_terms_equal_the_definitions(weight):
+    """The trainer's loss from the error alone: the same values and gradients as
+    relative_l2_with_gradients and relative_l2 on the two fields (float64, two samples, two channels)."""
+    g = torch.Generator().manual_seed(0)
+    target = torch.randn(2, 7 * 6, 2, generator=g, dtype=torch.float64)
+    pred = (target + 0.3 * torch.randn(target.shape, generator=g, dtype=torch.float64)).requires_grad_()
+    expect = relative_l2_with_gradients(pred, target, (7, 6), weight)
+    (d_expect,) = torch.autograd.grad(expect.sum(), pred)
+    loss, rel = relative_l2_loss_terms(pred - target, target, (7, 6), weight)
+    (d_loss,) = torch.autograd.grad(loss.sum(), pred)
+    torch.testing.assert_close(loss, expect, rtol=1e-12, atol=0)
+    torch.testing.assert_close(rel, relative_l2(pred, target).detach(), rtol=1e-12, atol=0)
+    torch.testing.assert_close(d_loss, d_expect, rtol=1e-10, atol=1e-14)
+    assert not rel.requires_grad

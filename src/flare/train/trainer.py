@@ -33,7 +33,7 @@ from tqdm import tqdm
 from flare.data.format import read_meta
 from flare.data.loader import load_splits
 from flare.inference import check_model_fits_dataset, per_sample_relative_l2, pick_device
-from flare.metrics import relative_l2_with_gradients
+from flare.metrics import relative_l2_loss_terms
 from flare.models import MODELS, build
 from flare.settings import deep_merge, model_settings
 from flare.train.checkpoint import (
@@ -278,18 +278,21 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=dtype, cache_enabled=False)
 
     def loss(self, pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training loss on decoded values and the plain relative L2, both averaged over the batch."""
-        pred, target = self.y_norm.decode(pred.float()), self.y_norm.decode(target)
-        per_sample = relative_l2_with_gradients(pred, target, self.grid_shape, self.cfg.derivative_loss_weight)
+        """Training loss on decoded values and the plain relative L2, both averaged over the batch
+        (``relative_l2_with_gradients`` and ``relative_l2``, computed together)."""
+        # decode(pred) - decode(target): the normaliser's mean cancels
+        error = (pred.float() - target) * self.y_norm.std.to(target.dtype)
         with torch.no_grad():
-            rel = relative_l2_with_gradients(pred, target, self.grid_shape, 0.0)
+            target = self.y_norm.decode(target)
+        per_sample, rel = relative_l2_loss_terms(error, target, self.grid_shape, self.cfg.derivative_loss_weight)
         return per_sample.mean(), rel.mean()
 
     def _forward_backward(self, x: torch.Tensor, y: torch.Tensor, *edges: torch.Tensor
-                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One step up to the optimizer update (forward, loss, backward, unscaling, clipping):
-        (loss, relative L2, gradient norm before clipping), detached; ``edges`` for a mesh model.
-        Replayed from one CUDA graph by ``self.step_graph`` where that applies."""
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step up to the optimizer update (forward, loss, backward, unscaling, clipping): the
+        loss and the step's METRICS (loss, relative L2, gradient norm before clipping) as one float64
+        row, detached; ``edges`` for a mesh model. Replayed from one CUDA graph by
+        ``self.step_graph`` where that applies."""
         with self.autocast():
             if self.graphs.enabled:
                 pred = self.graphs(x, *edges)
@@ -301,7 +304,7 @@ class Trainer:
         self.scaler.unscale_(self.optimizer)
         max_norm = self.cfg.clip_grad_norm if self.cfg.clip_grad_norm > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
-        return loss.detach(), rel.detach(), grad_norm.detach()
+        return loss.detach(), torch.stack([loss.detach(), rel.detach(), grad_norm.detach()]).double()
 
     def train_epoch(self, epoch: int) -> dict:
         """Run the steps of ``epoch`` from ``self.step_in_epoch`` on; returns the epoch's mean metrics.
@@ -325,7 +328,7 @@ class Trainer:
             edges = (self.train_set.batch_edges(indices).to(self.device),) if self.needs_edges else ()
             if self.compiled_graphs:  # the previous step's graph outputs are no longer needed
                 torch.compiler.cudagraph_mark_step_begin()
-            loss, rel, grad_norm = self.step_graph(x, y, *edges)
+            loss, metrics = self.step_graph(x, y, *edges)
             if self.step_graph.failed and not self.graphs.enabled:
                 self.graphs.enabled = True  # the whole step did not capture: try the model alone
             with torch.no_grad():
@@ -339,8 +342,7 @@ class Trainer:
             self.scheduler.step()
             if self.ema is not None:
                 self.ema.update_parameters(self.model)
-            with torch.no_grad():
-                totals += torch.stack([loss, rel, grad_norm]).double()
+            totals += metrics
             if distributed.any_rank(self._stop_requested, self.dist, self.device):
                 self._check_finite(bad_step, bad_value, epoch)
                 self.step_in_epoch = step + 1

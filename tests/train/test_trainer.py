@@ -91,14 +91,25 @@ def test_changed_settings_in_an_existing_run_folder_are_refused(tiny_darcy, tmp_
         train(tiny_darcy, "flare", 0, tmp_path / "run", other, progress=False)
 
 
-def test_nan_loss_stops_with_the_step_named(tiny_darcy, tmp_path, monkeypatch):
+def poison_targets_of_step(trainer, step, epoch=0):
+    """Make the targets of the samples of ``step`` (0-based) of ``epoch`` NaN, so that step's loss is NaN.
+    Through the data, not a patched loss: a CUDA graph of the step captures the loss once."""
+    order, bs = trainer.epoch_order(epoch), trainer.cfg.batch_size
+    for i in order[step * bs : (step + 1) * bs].tolist():
+        trainer.train_set[i][1].fill_(math.nan)  # a view into the split's target tensor
+
+
+def test_nan_loss_stops_with_the_step_named(tiny_darcy, tmp_path):
     config = resolve_config(tiny_darcy, "flare", 0, TINY)
     trainer = Trainer(config, tmp_path / "run", progress=False)
     trainer.sync_every = 1  # checked at once (the CPU default; a GPU checks every 50 steps)
-    monkeypatch.setattr(trainer, "loss", lambda p, t: (p.float().sum() * math.nan, torch.tensor(0.0)))
-    with pytest.raises(FloatingPointError, match="epoch 1, step 1"):
+    poison_targets_of_step(trainer, 0)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    with pytest.raises(FloatingPointError, match="loss is nan at epoch 1, step 1;"):
         trainer.fit()
     assert (tmp_path / "run" / "ckpt00.pt").exists()
+    after = trainer.model.state_dict()  # checked before the update: the weights are untouched
+    assert all(torch.equal(before[k], after[k]) for k in before)
 
 
 def test_nan_loss_found_at_a_later_synchronisation_still_names_its_step(tiny_darcy, tmp_path, monkeypatch):
@@ -107,17 +118,12 @@ def test_nan_loss_found_at_a_later_synchronisation_still_names_its_step(tiny_dar
     config = resolve_config(tiny_darcy, "flare", 0, TINY)
     trainer = Trainer(config, tmp_path / "run", progress=False)
     trainer.sync_every = 1000
-    real_loss, calls = trainer.loss, []
-
-    def loss_nan_from_the_second_step(pred, target):
-        calls.append(1)
-        loss, rel = real_loss(pred, target)
-        return (loss * math.nan, rel) if len(calls) >= 2 else (loss, rel)
-
-    monkeypatch.setattr(trainer, "loss", loss_nan_from_the_second_step)
+    poison_targets_of_step(trainer, 1)
+    steps, batch = [], trainer.train_set.batch
+    monkeypatch.setattr(trainer.train_set, "batch", lambda indices: (steps.append(1), batch(indices))[1])
     with pytest.raises(FloatingPointError, match="loss is nan at epoch 1, step 2;"):
         trainer.fit()
-    assert len(calls) == trainer.steps_per_epoch  # ran on to the end-of-epoch check
+    assert len(steps) == trainer.steps_per_epoch > 2  # ran on to the end-of-epoch check
     assert sorted(p.name for p in (tmp_path / "run").glob("*.pt")) == ["ckpt00.pt"]
 
 

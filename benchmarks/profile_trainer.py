@@ -2,7 +2,10 @@
 warm-up epoch) and prints the operators by host (CPU) time, with the GPU time beside them.
 
     PYTHONPATH=src python benchmarks/profile_trainer.py --data-dir <prepared dataset> [--set train.compile=true]
-        [--sort self_device_time_total]
+        [--sort self_device_time_total] [--shapes]
+
+With ``--shapes`` (best with ``--set train.cuda_graphs=false``: a replayed graph hides its operators)
+the table has one row per operator and input shapes, to tell which op launched which small kernel.
 """
 import argparse
 import time
@@ -23,6 +26,7 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--sort", default="self_cpu_time_total",
                         help="profiler column to sort by, e.g. self_device_time_total for the GPU's kernels")
+    parser.add_argument("--shapes", action="store_true", help="group by operator and input shapes")
     args = parser.parse_args()
     config = resolve_config(args.data_dir, args.model, 0, parse_set(args.set))
     trainer = Trainer(config, Path(args.run_dir), progress=False)
@@ -37,13 +41,15 @@ def main() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     plain = time.perf_counter() - t0
-    with torch.profiler.profile(activities=activities) as prof:
+    with torch.profiler.profile(activities=activities, record_shapes=args.shapes) as prof:
         trainer.train_epoch(2)
         if torch.cuda.is_available():
             torch.cuda.synchronize()
     steps = trainer.steps_per_epoch
     print(f"{steps} steps, {1e3 * plain / steps:.2f} ms per step without the profiler")
-    print(prof.key_averages().table(sort_by=args.sort, row_limit=args.top, max_name_column_width=60))
+    averages = prof.key_averages(group_by_input_shape=args.shapes)
+    print(averages.table(sort_by=args.sort, row_limit=args.top, max_name_column_width=60,
+                         max_shapes_column_width=70))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Trainer: checkpoints, exact resume, optimiser groups, schedule, losses, guards."""
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -195,3 +196,25 @@ def test_loss_terms_equal_the_definitions(weight):
     torch.testing.assert_close(rel, relative_l2(pred, target).detach(), rtol=1e-12, atol=0)
     torch.testing.assert_close(d_loss, d_expect, rtol=1e-10, atol=1e-14)
     assert not rel.requires_grad
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
+                    reason="the fused loss runs on CUDA or under the Triton interpreter")
+def test_fused_loss_gives_the_torch_loss(tiny_darcy, tmp_path):
+    """The trainer's loss through flare.ops.fused_loss (its default on a GPU) and through torch's
+    operations: the same loss, relative L2 and gradient on a batch of the Darcy set."""
+    trainer = Trainer(resolve_config(tiny_darcy, "flare", 0, TINY), tmp_path / "run", progress=False)
+    x, y = trainer.train_set.batch([0, 1, 2])
+    x, y = x.to(trainer.device), y.to(trainer.device)
+    results = []
+    for fused in (False, True):
+        trainer.fused_loss = fused
+        pred = trainer.net(x).detach().requires_grad_()
+        loss, rel = trainer.loss(pred, y)
+        loss.backward()
+        results.append((loss.detach(), rel, pred.grad))
+    (loss_t, rel_t, grad_t), (loss_f, rel_f, grad_f) = results
+    assert trainer.cfg.derivative_loss_weight > 0
+    torch.testing.assert_close(loss_f, loss_t, rtol=1e-5, atol=0)
+    torch.testing.assert_close(rel_f, rel_t, rtol=1e-5, atol=0)
+    torch.testing.assert_close(grad_f, grad_t, rtol=1e-4, atol=1e-7)

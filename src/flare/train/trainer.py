@@ -35,6 +35,7 @@ from flare.data.loader import load_splits
 from flare.inference import check_model_fits_dataset, per_sample_relative_l2, pick_device
 from flare.metrics import relative_l2_loss_terms
 from flare.models import MODELS, build
+from flare.ops.fused_loss import fused_loss_available, fused_relative_l2_loss
 from flare.settings import deep_merge, model_settings
 from flare.train.checkpoint import (
     LATEST,
@@ -200,6 +201,9 @@ class Trainer:
         self.scheduler = make_scheduler(self.optimizer, self.cfg, self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.cfg.precision == "fp16")
         self.y_norm = self.train_set.y_normalizer.to(self.device)
+        # the loss as three Triton kernels on a GPU (flare.ops.fused_loss; the same numbers as the
+        # torch operations, which take two dozen launches each way at the paper's Darcy size)
+        self.fused_loss = self.device.type == "cuda" and fused_loss_available()
         # A fixed-size training split small next to the GPU's memory lives on the GPU: batches are
         # gathered there, so no step waits on a host-to-device copy (a copy from pageable memory
         # blocks the host until the GPU has finished the previous step).
@@ -280,6 +284,9 @@ class Trainer:
     def loss(self, pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Training loss on decoded values and the plain relative L2, both averaged over the batch
         (``relative_l2_with_gradients`` and ``relative_l2``, computed together)."""
+        if self.fused_loss:
+            return fused_relative_l2_loss(pred, target, self.y_norm.std, self.y_norm.mean, self.grid_shape,
+                                          self.cfg.derivative_loss_weight)
         # decode(pred) - decode(target): the normaliser's mean cancels
         error = (pred.float() - target) * self.y_norm.std.to(target.dtype)
         with torch.no_grad():

@@ -211,13 +211,28 @@ def test_operator_gradients_match_reference():
     q, k, v, dy = make_inputs(2, 2, 20, 45, 8, True, torch.float32, seed=4)
     q_param = q.transpose(1, 2).contiguous().detach().requires_grad_()  # [H, D, M] storage
     leaves = [k.clone().requires_grad_(), v.clone().requires_grad_()]
-    y = tm.flare_mixer_triton(q_param.transpose(1, 2), *leaves)
+    q_view, strides = q_param.transpose(1, 2), []
+    q_view.register_hook(lambda g: strides.append(g.stride()))
+    y = tm.flare_mixer_triton(q_view, *leaves)
     y.backward(dy)
     y_ref, grads_ref = run_reference(q, k, v, dy)
     assert rel_err(y, y_ref) < 1e-5
+    # dQ comes back in the parameter's [H, D, M] memory order: no transposing copy on its way
+    assert strides == [(20 * 8, 1, 20)] and q_param.grad.is_contiguous()
     assert rel_err(q_param.grad.transpose(1, 2), grads_ref[0]) < 1e-5
     for got, want in zip((t.grad for t in leaves), grads_ref[1:]):
         assert rel_err(got, want) < 1e-5
+
+
+def test_queries_with_a_head_width_not_a_power_of_two_get_contiguous_gradients():
+    """dQ in the parameter's memory order needs D a power of two; else it comes back contiguous."""
+    q, k, v, dy = make_inputs(1, 2, 20, 33, 6, True, torch.float32, seed=7)
+    q_param = q.transpose(1, 2).contiguous().detach().requires_grad_()
+    q_view, strides = q_param.transpose(1, 2), []
+    q_view.register_hook(lambda g: strides.append(g.stride()))
+    tm.flare_mixer_triton(q_view, k, v).backward(dy)
+    assert strides == [(20 * 6, 6, 1)]
+    assert rel_err(q_param.grad.transpose(1, 2), run_reference(q, k, v, dy)[1][0]) < 1e-5
 
 
 def token_major_inputs(k, v):
@@ -265,6 +280,7 @@ def test_operator_schema_and_fake_tensors():
     q, k, v, _ = make_inputs(1, 2, 16, 40, 8, True, torch.float32, seed=6)
     torch.library.opcheck(torch.ops.flare.triton_mixer_fwd.default,
                           (q, k.requires_grad_(), v.requires_grad_()))
+    torch.library.opcheck(torch.ops.flare.triton_mixer_fwd.default, (q.requires_grad_(), k, v, True))
 
 
 def test_compiles_without_graph_break():

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pandas as pd
 import pytest
 import torch
 
@@ -36,7 +37,7 @@ def wait_for(path, timeout=120.0):
 def uninterrupted(tiny_darcy, tmp_path_factory):
     run = tmp_path_factory.mktemp("straight") / "run"
     subprocess.run(command(tiny_darcy, run), env=ENV, check=True, capture_output=True)
-    return weights(run)
+    return run
 
 
 def assert_same_weights(a, b):
@@ -55,7 +56,7 @@ def test_sigkill_at_a_random_moment_then_rerun_is_bitwise_equal(tiny_darcy, tmp_
     proc.wait()
     assert not (run / "model.pt").exists(), "the kill came too late to test anything"
     subprocess.run(command(tiny_darcy, run), env=ENV, check=True, capture_output=True)
-    assert_same_weights(uninterrupted, weights(run))
+    assert_same_weights(weights(uninterrupted), weights(run))
 
 
 @pytest.mark.slow
@@ -71,4 +72,8 @@ def test_sigterm_saves_mid_epoch_state_and_rerun_is_bitwise_equal(tiny_darcy, tm
     state = torch.load(run / "latest.pt", weights_only=False)
     assert state["step_in_epoch"] > 0  # saved between two steps of an epoch
     subprocess.run(command(tiny_darcy, run), env=ENV, check=True, capture_output=True)
-    assert_same_weights(uninterrupted, weights(run))
+    assert_same_weights(weights(uninterrupted), weights(run))
+    # the interrupted epoch's metrics: its steps before and after the stop add up to the same totals
+    metrics = ["train_loss", "train_rel_l2", "grad_norm"]
+    straight = pd.read_csv(uninterrupted / "history.csv")[metrics]
+    pd.testing.assert_frame_equal(pd.read_csv(run / "history.csv")[metrics], straight, check_exact=True)

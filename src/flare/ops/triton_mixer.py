@@ -625,17 +625,27 @@ if _TRITON_IMPORT_ERROR is None:
         return acc
 
     @triton.jit
-    def _dq_finish_kernel(DQP1, DQP2, DQ, H, MD, C1, C2, BATCHES,
-                          BLOCK: tl.constexpr, BLOCK_R: tl.constexpr):
+    def _dq_finish_kernel(DQP1, DQP2, DQ, H, MD, C1, C2, BATCHES, M, D,
+                          BLOCK: tl.constexpr, BLOCK_R: tl.constexpr, TRANSPOSED: tl.constexpr):
         """dQ of one query head (BLOCK of its M·D values): the partials of both backward passes summed
-        over their chunks and, when q is shared over the batch (BATCHES = B), over the batch."""
+        over their chunks and, when q is shared over the batch (BATCHES = B), over the batch. Stored
+        [M, D] per head, or with TRANSPOSED = D (a power of two dividing BLOCK; 0: off) in [D, M] memory,
+        the layout of FLARE's [C, M] parameter."""
         cols = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         q_head = tl.program_id(1)  # b·H + h when q has a batch dim (BATCHES = 1), else h
         cmask = cols < MD
         dq = tl.zeros([BLOCK], tl.float32)
         dq = _sum_partials(DQP1, q_head, H, C1, BATCHES, MD, cols, cmask, dq, BLOCK_R)
         dq = _sum_partials(DQP2, q_head, H, C2, BATCHES, MD, cols, cmask, dq, BLOCK_R)
-        tl.store(DQ + q_head.to(tl.int64) * MD + cols, dq.to(DQ.dtype.element_ty), mask=cmask)
+        out = DQ + q_head.to(tl.int64) * MD
+        if TRANSPOSED:  # [BLOCK / D, D] transposed in registers: D rows of contiguous latents stored
+            R: tl.constexpr = BLOCK // TRANSPOSED
+            dq_t = tl.trans(tl.reshape(dq, (R, TRANSPOSED)))
+            m = tl.program_id(0) * R + tl.arange(0, R)[None, :]
+            d = tl.arange(0, TRANSPOSED)[:, None]
+            tl.store(out + d * M + m, dq_t.to(DQ.dtype.element_ty), mask=(m < M) & (d < TRANSPOSED))
+        else:
+            tl.store(out + cols, dq.to(DQ.dtype.element_ty), mask=cmask)
 
 
 # --------------------------------------------------------------------------------------------
@@ -978,18 +988,32 @@ def _forward(q, k, v, cfg: MixerConfig, num_chunks: Optional[int]):
     return y, z, lse_g, lse_s
 
 
-def _backward(q, k, v, y, z, lse_g, lse_s, dy, cfg: MixerConfig, num_chunks: Optional[int]):
+DQ_FINISH_BLOCK = 256  # dQ values per program of the finishing kernel: a few programs per head
+
+
+def _dq_buffer(q: torch.Tensor, transposed: bool) -> torch.Tensor:
+    """dQ's buffer, q's shape; with ``transposed`` in [H, D, M] memory (a shared q whose D is a power
+    of two dividing DQ_FINISH_BLOCK: the finishing kernel transposes tiles of whole latents)."""
+    D = q.shape[-1]
+    if transposed and q.dim() == 3 and D & (D - 1) == 0 and DQ_FINISH_BLOCK % D == 0:
+        H, M, D = q.shape
+        return torch.empty((H, D, M), device=q.device, dtype=q.dtype).transpose(1, 2)
+    return torch.empty(q.shape, device=q.device, dtype=q.dtype)
+
+
+def _backward(q, k, v, y, z, lse_g, lse_s, dy, cfg: MixerConfig, num_chunks: Optional[int],
+              dq_transposed: bool = False):
     if dy.dtype != k.dtype:
         dy = dy.to(k.dtype)
     dz, delta_g, dqp1, delta_s = _run_bwd_scatter(q, k, z, y, lse_s, dy, cfg, num_chunks)
     dk, dv, dqp2 = _run_bwd_main(q, k, v, z, dz, dy, lse_g, delta_g, lse_s, delta_s, cfg, num_chunks)
     B, H, M, N, D, _ = _dims(q, k)
     shared = q.dim() == 3
-    dq = torch.empty(q.shape, device=q.device, dtype=q.dtype)
-    block = 256  # of the M·D values of one head: a few programs per head, 16 partial rows per load
+    block = DQ_FINISH_BLOCK  # 16 partial rows per load
+    dq = _dq_buffer(q, dq_transposed)
     _dq_finish_kernel[(-(-(M * D) // block), H if shared else B * H)](
-        dqp1, dqp2, dq, H, M * D, dqp1.shape[1], dqp2.shape[1], B if shared else 1,
-        BLOCK=block, BLOCK_R=16, num_warps=4,
+        dqp1, dqp2, dq, H, M * D, dqp1.shape[1], dqp2.shape[1], B if shared else 1, M, D,
+        BLOCK=block, BLOCK_R=16, TRANSPOSED=D if dq.stride(-1) != 1 else 0, num_warps=4,
     )
     return dq, dk, dv
 
@@ -1067,14 +1091,15 @@ def flare_mixer_triton_impl(
 # Tile sizes come from ``default_config``; overrides go through ``flare_mixer_triton_impl``.
 # --------------------------------------------------------------------------------------------
 @torch.library.custom_op("flare::triton_mixer_fwd", mutates_args=())
-def _mixer_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+def _mixer_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dq_transposed: bool = False
                   ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(Y, Z, lse_gather, lse_scatter) of the fused forward; q contiguous."""
+    """(Y, Z, lse_gather, lse_scatter) of the fused forward; q contiguous. ``dq_transposed``: the
+    backward writes a shared q's gradient in [H, D, M] memory (see ``flare_mixer_triton``)."""
     return _forward(q, k, v, _config_for(q, k), None)
 
 
 @_mixer_fwd_op.register_fake
-def _(q, k, v):
+def _(q, k, v, dq_transposed=False):
     B, H, N, D = k.shape
     M = q.shape[-2]
     f32 = dict(device=k.device, dtype=torch.float32)
@@ -1084,22 +1109,20 @@ def _(q, k, v):
 
 @torch.library.custom_op("flare::triton_mixer_bwd", mutates_args=())
 def _mixer_bwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, y: torch.Tensor, z: torch.Tensor,
-                  lse_g: torch.Tensor, lse_s: torch.Tensor, dy: torch.Tensor
+                  lse_g: torch.Tensor, lse_s: torch.Tensor, dy: torch.Tensor, dq_transposed: bool = False
                   ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dQ, dK, dV) of the fused backward."""
-    dq, dk, dv = _backward(q, k, v, y, z, lse_g, lse_s, dy, _config_for(q, k), None)
-    return dq.contiguous(), dk, dv
+    return _backward(q, k, v, y, z, lse_g, lse_s, dy, _config_for(q, k), None, dq_transposed)
 
 
 @_mixer_bwd_op.register_fake
-def _(q, k, v, y, z, lse_g, lse_s, dy):
+def _(q, k, v, y, z, lse_g, lse_s, dy, dq_transposed=False):
     token_major = _token_major(k)
-    return (torch.empty_like(q, memory_format=torch.contiguous_format), _grad_like(k, k.dtype, token_major),
-            _grad_like(k, v.dtype, token_major))
+    return _dq_buffer(q, dq_transposed), _grad_like(k, k.dtype, token_major), _grad_like(k, v.dtype, token_major)
 
 
 def _mixer_op_setup(ctx, inputs, output):
-    q, k, v = inputs
+    q, k, v, ctx.dq_transposed = inputs
     y, z, lse_g, lse_s = output
     ctx.save_for_backward(q, k, v, y, z, lse_g, lse_s)
     ctx.mark_non_differentiable(z, lse_g, lse_s)  # saved for the backward only: no zero-filled grads
@@ -1108,9 +1131,9 @@ def _mixer_op_setup(ctx, inputs, output):
 
 def _mixer_op_backward(ctx, dy, _dz, _dlse_g, _dlse_s):
     if dy is None:  # Y did not reach the loss
-        return None, None, None
+        return None, None, None, None
     q, k, v, y, z, lse_g, lse_s = ctx.saved_tensors
-    return _mixer_bwd_op(q, k, v, y, z, lse_g, lse_s, dy)
+    return *_mixer_bwd_op(q, k, v, y, z, lse_g, lse_s, dy, ctx.dq_transposed), None
 
 
 _mixer_fwd_op.register_autograd(_mixer_op_backward, setup_context=_mixer_op_setup)
@@ -1125,4 +1148,9 @@ def flare_mixer_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tor
     ``_bwd`` operators, so ``torch.compile`` and CUDA graphs take it whole.
     """
     _check_inputs(q, k, v)
-    return _mixer_fwd_op(q.contiguous(), k, v)[0]
+    # The kernels want q contiguous (one small copy). FLARE's queries are a [C, M] parameter viewed as
+    # [H, M, D] (transposed): the backward then writes dQ in that memory order, so its gradient reaches
+    # the parameter without a second, transposing copy.
+    H, M, D = q.shape[-3:]
+    transposed = q.dim() == 3 and M > 1 and D > 1 and q.stride() == (M * D, 1, M)
+    return _mixer_fwd_op(q.contiguous(), k, v, transposed)[0]

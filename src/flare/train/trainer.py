@@ -126,6 +126,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _sum_rows(start: list[float], rows: torch.Tensor) -> list[float]:
+    """``start`` plus the rows of ``rows`` added one after another in float64 on the host: the order
+    of an uninterrupted epoch's additions, so a resumed epoch's totals are the same numbers."""
+    totals = list(start)
+    for row in rows.cpu().tolist():
+        totals = [t + v for t, v in zip(totals, row)]
+    return totals
+
+
 class Trainer:
     """Trains one model on one dataset, writing checkpoints and metrics into ``run_dir``."""
 
@@ -321,10 +330,11 @@ class Trainer:
         """
         self.net.train()
         order = self.epoch_order(epoch)
-        saved = self.epoch_totals or {}
-        totals = torch.tensor([saved.get(name, 0.0) for name in METRICS], dtype=torch.float64, device=self.device)
-        bad_step = torch.full((), -1, dtype=torch.long, device=self.device)  # first non-finite loss
-        bad_value = torch.zeros((), dtype=torch.float32, device=self.device)
+        saved = [float((self.epoch_totals or {}).get(name, 0.0)) for name in METRICS]
+        # each step's METRICS row, written on the device (one copy per step, no host sync); read back
+        # every sync_every steps to find a non-finite loss, and summed on the host in step order
+        record = torch.zeros((self.steps_per_epoch, len(METRICS)), dtype=torch.float64, device=self.device)
+        first, checked = self.step_in_epoch, self.step_in_epoch  # first step of this call, first unchecked
         bs, local = self.cfg.batch_size, self.local_batch_size
         order_on_device = order.to(self.device) if self.data_on_device else None
         for step in range(self.step_in_epoch, self.steps_per_epoch):
@@ -335,43 +345,44 @@ class Trainer:
             edges = (self.train_set.batch_edges(indices).to(self.device),) if self.needs_edges else ()
             if self.compiled_graphs:  # the previous step's graph outputs are no longer needed
                 torch.compiler.cudagraph_mark_step_begin()
-            loss, metrics = self.step_graph(x, y, *edges)
+            _, metrics = self.step_graph(x, y, *edges)
             if self.step_graph.failed and not self.graphs.enabled:
                 self.graphs.enabled = True  # the whole step did not capture: try the model alone
-            with torch.no_grad():
-                first = (bad_step < 0) & ~torch.isfinite(loss)
-                bad_step = torch.where(first, step, bad_step)
-                bad_value = torch.where(first, loss.float(), bad_value)
+            record[step].copy_(metrics)
             if (step + 1) % self.sync_every == 0:  # every step on the CPU: before its update
-                self._check_finite(bad_step, bad_value, epoch)
+                checked = self._check_finite(record, checked, step + 1, epoch)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
             if self.ema is not None:
                 self.ema.update_parameters(self.model)
-            totals += metrics
             if distributed.any_rank(self._stop_requested, self.dist, self.device):
-                self._check_finite(bad_step, bad_value, epoch)
+                self._check_finite(record, checked, step + 1, epoch)
                 self.step_in_epoch = step + 1
-                self.epoch_totals = dict(zip(METRICS, totals.tolist()))
+                self.epoch_totals = dict(zip(METRICS, _sum_rows(saved, record[first : step + 1])))
                 self.save(self.run_dir / LATEST)
                 raise TrainingInterrupted(
                     f"stopped by SIGTERM at epoch {epoch + 1}, step {step + 1}; state saved to "
                     f"{self.run_dir / LATEST}, run the same command again to resume"
                 )
-        self._check_finite(bad_step, bad_value, epoch)
+        self._check_finite(record, checked, self.steps_per_epoch, epoch)
+        totals = _sum_rows(saved, record[first:])
         self.step_in_epoch, self.epoch_totals = 0, {}
-        means = {name: value / self.steps_per_epoch for name, value in zip(METRICS, totals.tolist())}
+        means = {name: value / self.steps_per_epoch for name, value in zip(METRICS, totals)}
         return distributed.mean_over_ranks(means, self.dist, self.device)
 
-    def _check_finite(self, bad_step: torch.Tensor, bad_value: torch.Tensor, epoch: int) -> None:
-        """Raise, naming the step, if a loss of this epoch so far was NaN or Inf (a host sync)."""
-        step = int(bad_step)
-        if step >= 0:
+    def _check_finite(self, record: torch.Tensor, start: int, stop: int, epoch: int) -> int:
+        """Raise, naming the step, if the loss of a step in [start, stop) of this epoch was NaN or Inf
+        (a host sync); returns ``stop``, the first step not yet checked."""
+        losses = record[start:stop, 0].cpu()
+        bad = (~torch.isfinite(losses)).nonzero()
+        if len(bad):
+            step = start + int(bad[0])
             raise FloatingPointError(
-                f"loss is {float(bad_value)} at epoch {epoch + 1}, step {step + 1}; the latest good checkpoint "
-                f"in {self.run_dir} is kept"
+                f"loss is {float(losses[int(bad[0])])} at epoch {epoch + 1}, step {step + 1}; the latest good "
+                f"checkpoint in {self.run_dir} is kept"
             )
+        return stop
 
     def _request_stop(self, signum, frame) -> None:
         self._stop_requested = True

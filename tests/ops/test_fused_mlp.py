@@ -292,9 +292,10 @@ def test_activation_checkpointing_recomputes_the_same():
         assert rel_err(b.grad, a.grad) < 1e-6, name
 
 
-def compare_pair(shape, dtype=torch.float32, tol=1e-5, norm=True, monkeypatch=None):
+def compare_pair(shape, dtype=torch.float32, tol=1e-5, norm=True, monkeypatch=None, skip=False):
     """Two MLPs on one x through ``forward_pair`` (one fused backward) against the torch path of each
-    in float64: both outputs, dx, every parameter gradient of both and the shared norm's."""
+    in float64: both outputs, dx, every parameter gradient of both and the shared norm's. ``skip``:
+    also x passed through the pair (``pass_input``) and used as a skip connection."""
     IN, HID, OUT, L, in_res, out_res, T = shape
     ref_a, fused_a = make_pair(IN, HID, OUT, L, in_res, out_res, seed=T)
     ref_b, fused_b = make_pair(IN, HID, OUT, L, in_res, out_res, seed=T + 7)
@@ -307,13 +308,22 @@ def compare_pair(shape, dtype=torch.float32, tol=1e-5, norm=True, monkeypatch=No
     g = torch.Generator().manual_seed(T + 2)
     x = 2.0 * torch.randn(2, T, IN, generator=g, dtype=torch.float64) + 0.5
     dya, dyb = (torch.randn(2, T, OUT, generator=g, dtype=torch.float64) for _ in range(2))
+    dys = torch.randn(2, T, IN, generator=g, dtype=torch.float64) if skip else torch.zeros(())
     xr = x.clone().requires_grad_()
-    ((ref_a(xr, norm=ln_ref) * dya).sum() + (ref_b(xr, norm=ln_ref) * dyb).sum()).backward()
+    ((ref_a(xr, norm=ln_ref) * dya).sum() + (ref_b(xr, norm=ln_ref) * dyb).sum() + (xr * dys).sum()).backward()
     xf = x.to(DEVICE, dtype).requires_grad_()
     fused_a, fused_b = fused_a.to(dtype), fused_b.to(dtype)
     assert fused_a.pairs_with(fused_b, xf, ln_fused)
-    ya, yb = fused_a.forward_pair(fused_b, xf, norm=ln_fused)
-    ((ya * dya.to(DEVICE, dtype)).sum() + (yb * dyb.to(DEVICE, dtype)).sum()).backward()
+    if skip:
+        ya, yb, xs = fused_a.forward_pair(fused_b, xf, norm=ln_fused, pass_input=True)
+        assert torch.equal(xs, xf) and xs.shape == xf.shape
+        if fm._partial_rows(2 * T, IN, HID, OUT, L) is not None and fm.PAIRS:
+            # dx summed inside the pair's kernel: x's gradient comes from the pair's node alone
+            assert type(xs.grad_fn.next_functions[0][0]).__name__ == "_PairWithSkipBackward"
+    else:
+        (ya, yb), xs = fused_a.forward_pair(fused_b, xf, norm=ln_fused), xf
+    ((ya * dya.to(DEVICE, dtype)).sum() + (yb * dyb.to(DEVICE, dtype)).sum()
+     + (xs * dys.to(DEVICE, dtype)).sum()).backward()
     errs = {"ya": rel_err(ya, ref_a(x, norm=ln_ref)), "yb": rel_err(yb, ref_b(x, norm=ln_ref)),
             "dx": rel_err(xf.grad, xr.grad)}
     params = [(f"a.{n}", p, q) for (n, p), q in zip(ref_a.named_parameters(), fused_a.parameters())]
@@ -336,16 +346,23 @@ def test_pair_values_and_grads(shape, norm):
     compare_pair(shape, norm=norm)
 
 
+@pytest.mark.parametrize("norm", [True, False], ids=["norm", "plain"])
+def test_pair_adds_the_gradient_of_a_skip_connection_around_it(norm):
+    """x passed through the pair (FLARE's skip connection around its mixer): its gradient reaches x
+    through the pair's backward kernel, with every other gradient unchanged."""
+    compare_pair((16, 16, 16, 2, True, True, 45), norm=norm, skip=True)
+
+
 def test_pair_runs_singly_when_switched_off_or_at_many_tokens(monkeypatch):
     """PAIRS = False, or so many tokens that the backward takes the split-token path: two single
     MLPs, the same results."""
     calls = []
     monkeypatch.setattr(fm, "_pair_fwd_op", lambda *a: calls.append(1))
     monkeypatch.setattr(fm, "PAIRS", False)
-    compare_pair((16, 16, 16, 1, True, True, 20))
+    compare_pair((16, 16, 16, 1, True, True, 20), skip=True)
     monkeypatch.setattr(fm, "PAIRS", True)
     monkeypatch.setattr(fm, "PARTIALS_MAX_BYTES", 0)
-    compare_pair((16, 16, 16, 1, True, True, 20))
+    compare_pair((16, 16, 16, 1, True, True, 20), skip=True)
     assert calls == []
 
 

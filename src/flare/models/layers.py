@@ -114,15 +114,18 @@ class ResidualMLP(nn.Module):
                 == [None if p is None else tuple(p.shape) for p in other.fused_params()])
         return (same and (self.input_residual, self.output_residual) == (other.input_residual, other.output_residual))
 
-    def forward_pair(self, other: "ResidualMLP", x: torch.Tensor,
-                     norm: Optional[nn.Module] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_pair(self, other: "ResidualMLP", x: torch.Tensor, norm: Optional[nn.Module] = None,
+                     pass_input: bool = False) -> tuple:
         """``(self(norm(x)), other(norm(x)))`` with one fused backward for both (``pairs_with`` must
-        hold): the gradients with respect to x and the norm are summed inside the kernels."""
+        hold): the gradients with respect to x and the norm are summed inside the kernels. With
+        ``pass_input`` also x, to use as a skip connection around the pair (its gradient is then added
+        inside the pair's backward as well)."""
         from flare.ops.fused_mlp import fused_residual_mlp_pair
 
         return fused_residual_mlp_pair(x, self.fused_params(), other.fused_params(), self.input_residual,
                                        self.output_residual,
-                                       norm=None if norm is None else (norm.weight, norm.bias, norm.eps))
+                                       norm=None if norm is None else (norm.weight, norm.bias, norm.eps),
+                                       pass_input=pass_input)
 
     def forward(self, x: torch.Tensor, norm: Optional[nn.Module] = None, add_input: bool = False) -> torch.Tensor:
         """``self(norm(x))``, plus ``x`` with ``add_input`` (a pre-norm block's skip connection, summed

@@ -197,7 +197,7 @@ if _TRITON_IMPORT_ERROR is None:
     @triton.jit
     def _mlp_bwd_kernel(
         x_ptr, dy_ptr, s_ptr, w_in, b_in, w_hid, b_hid, w_out, dx_ptr, da_ptr, dw_ptr, db_ptr,
-        ln_w, ln_b, eps, xn_ptr, lnp_ptr, part_row, g_ptr,
+        ln_w, ln_b, eps, xn_ptr, lnp_ptr, part_row, g_ptr, skip_ptr,
         T, IN: tl.constexpr, HID: tl.constexpr, OUT: tl.constexpr,
         L: tl.constexpr, BLOCK_T: tl.constexpr,
         BLOCK_IN: tl.constexpr, BLOCK_HID: tl.constexpr, BLOCK_OUT: tl.constexpr,
@@ -215,7 +215,8 @@ if _TRITON_IMPORT_ERROR is None:
         Two MLPs on one input (a pair, see ``fused_residual_mlp_pair``): G_OUT stops at the gradient
         with respect to the MLP's input (LayerNorm(x) with NORM) and writes it to g_ptr (fp32 [T, IN])
         instead of dx; G_IN adds that gradient of the other MLP before the norm's backward, so the
-        norm's gradients and dx are those of both."""
+        norm's gradients and dx are those of both. ADD_X adds skip_ptr's [T, IN] rows to dx (dy for a
+        block's own skip connection; for a pair, the gradient of the skip connection around it)."""
         pid = tl.program_id(0)
         rows = (pid * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)[:, None]
         rmask = rows < T
@@ -290,8 +291,8 @@ if _TRITON_IMPORT_ERROR is None:
                 c1 = tl.sum(dxhat * xhat, 1) / IN
                 c2 = tl.sum(dxhat, 1) / IN
                 dx = (dxhat - c2[:, None] - xhat * c1[:, None]) * rstd[:, None]
-            if ADD_X:  # the skip connection passes dy through (reloaded: keeping it live costs registers)
-                dx += tl.load(dy_ptr + rows * OUT + ci, mask=xmask, other=0.0).to(tl.float32)
+            if ADD_X:  # the skip connection passes its gradient through (reloaded: live, it costs registers)
+                dx += tl.load(skip_ptr + rows * IN + ci, mask=xmask, other=0.0).to(tl.float32)
             tl.store(dx_ptr + rows * IN + ci, dx.to(dx_ptr.dtype.element_ty), mask=xmask)
 
     @triton.jit
@@ -464,7 +465,7 @@ def _backward(dy, x, s, w_in, b_in, w_hid, b_hid, w_out, ln_w, ln_b, eps, input_
         # into its own row of one buffer, summed by one torch reduction (no pre-activation gradients written)
         part = torch.empty((tiles, n_w + n_b + n_ln), **f32)
         _mlp_bwd_kernel[(tiles,)](x, dy, s, w_in, b_in, w_hid, b_hid, w_out, dx, dx, part, part[:, n_w:], *ln, dx,
-                                  part[:, n_w + n_b:], part.shape[1], dx, T, IN, HID, OUT, PARTIALS=True,
+                                  part[:, n_w + n_b:], part.shape[1], dx, dy, T, IN, HID, OUT, PARTIALS=True,
                                   G_OUT=False, G_IN=False, **common)
         return dx, part.sum(0)
     da = torch.empty((L + 1, T, HID), device=x.device, dtype=dot_dtype)
@@ -472,7 +473,7 @@ def _backward(dy, x, s, w_in, b_in, w_hid, b_hid, w_out, ln_w, ln_b, eps, input_
     xn = torch.empty((T, IN), device=x.device, dtype=dot_dtype) if norm else x
     lnp = torch.empty((tiles, n_ln), **f32)
     _mlp_bwd_kernel[(tiles,)](x, dy, s, w_in, b_in, w_hid, b_hid, w_out, dx, da, dx, dx, *ln, xn, lnp, n_ln, dx,
-                              T, IN, HID, OUT, PARTIALS=False, G_OUT=False, G_IN=False, **common)
+                              dy, T, IN, HID, OUT, PARTIALS=False, G_OUT=False, G_IN=False, **common)
     # weight gradients: sums over the tokens, split into chunks so that every SM works; the chunks'
     # partials are summed by torch afterwards (deterministic, no atomics). Three launches: the input
     # layer, the hidden layers, the output layer (their operands differ in dtype and width).
@@ -610,8 +611,10 @@ def _pair_grad_sizes(IN: int, HID: int, OUT: int, L: int, norm: bool, dot: str) 
     return n_w + n_b, n_ln
 
 
-def _backward_pair(dys, x, ss, params, ln_w, ln_b, eps, input_residual, output_residual, dot):
-    """(dx of both, flat fp32 gradients [first MLP's weights and biases | second's | the norm's])."""
+def _backward_pair(dys, x, ss, params, ln_w, ln_b, eps, input_residual, output_residual, dot, dskip=None):
+    """(dx of both, flat fp32 gradients [first MLP's weights and biases | second's | the norm's]);
+    ``dskip`` (the gradient of a skip connection around the pair, see ``fused_residual_mlp_pair``) is
+    added to dx inside the last kernel."""
     (w_in, b_in, w_hid, b_hid, w_out, _), _ = params[:6], params[6:]
     T, IN, HID, OUT, L = _dims(x, w_in, w_hid, w_out)
     dot_dtype = _DTYPES[dot]
@@ -630,16 +633,17 @@ def _backward_pair(dys, x, ss, params, ln_w, ln_b, eps, input_residual, output_r
     g = torch.empty((T, IN), **f32)  # the second MLP's gradient with respect to the shared input
     ln = (ln_w if norm else params[1], ln_b if norm else params[1], float(eps))
     common = dict(L=L, BLOCK_T=bt, BLOCK_IN=_block_in(IN, HID, dot), BLOCK_HID=_block(HID), BLOCK_OUT=_block(OUT),
-                  IN_RES=input_residual, OUT_RES=output_residual, ADD_X=False, NORM=norm, SLOT_A=ba, SLOT_B=bb,
+                  IN_RES=input_residual, OUT_RES=output_residual, NORM=norm, SLOT_A=ba, SLOT_B=bb,
                   PARTIALS=True, DOT_DTYPE=dtl, DOT_PREC=prec, ACC_ORDER=_acc_order(dot_dtype, prec),
                   num_warps=warps, **register_cap(MAXNREG))
+    skip = dx if dskip is None else dskip.contiguous()
     for which, g_out in ((1, True), (0, False)):  # the second MLP first: the first adds its gradient
         w_in, b_in, w_hid, b_hid, w_out, _ = params[6 * which:6 * which + 6]
         col = which * n_mlp
         _mlp_bwd_kernel[(tiles,)](
             x, dys[which].contiguous(), ss[which], w_in, b_in, w_hid, b_hid, w_out, dx, dx, part[:, col:],
-            part[:, col + n_w:], *ln, dx, part[:, 2 * n_mlp:], part.shape[1], g, T, IN, HID, OUT,
-            G_OUT=g_out, G_IN=not g_out, **common)
+            part[:, col + n_w:], *ln, dx, part[:, 2 * n_mlp:], part.shape[1], g, skip, T, IN, HID, OUT,
+            G_OUT=g_out, G_IN=not g_out, ADD_X=not g_out and dskip is not None, **common)
     return dx, part.sum(0)
 
 
@@ -673,15 +677,17 @@ def _pair_bwd_op(dya: torch.Tensor, dyb: torch.Tensor, x: torch.Tensor, sa: torc
                  wa_out: torch.Tensor, ba_out: torch.Tensor, wb_in: torch.Tensor, bb_in: torch.Tensor,
                  wb_hid: torch.Tensor, bb_hid: torch.Tensor, wb_out: torch.Tensor, bb_out: torch.Tensor,
                  ln_w: Optional[torch.Tensor], ln_b: Optional[torch.Tensor], eps: float, input_residual: bool,
-                 output_residual: bool, dot: str) -> Tuple[torch.Tensor, torch.Tensor]:
+                 output_residual: bool, dot: str, dskip: Optional[torch.Tensor] = None
+                 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """(dx, flat gradients: a's weights and biases, b's, the norm's); see ``_backward_pair``."""
     params = (wa_in, ba_in, wa_hid, ba_hid, wa_out, ba_out, wb_in, bb_in, wb_hid, bb_hid, wb_out, bb_out)
-    return _backward_pair((dya, dyb), x, (sa, sb), params, ln_w, ln_b, eps, input_residual, output_residual, dot)
+    return _backward_pair((dya, dyb), x, (sa, sb), params, ln_w, ln_b, eps, input_residual, output_residual, dot,
+                          dskip)
 
 
 @_pair_bwd_op.register_fake
 def _(dya, dyb, x, sa, sb, wa_in, ba_in, wa_hid, ba_hid, wa_out, ba_out, wb_in, bb_in, wb_hid, bb_hid, wb_out,
-      bb_out, ln_w, ln_b, eps, input_residual, output_residual, dot):
+      bb_out, ln_w, ln_b, eps, input_residual, output_residual, dot, dskip=None):
     _, IN, HID, OUT, L = _dims(x, wa_in, wa_hid, wa_out)
     n_mlp, n_ln = _pair_grad_sizes(IN, HID, OUT, L, ln_w is not None, dot)
     return x.new_empty(x.shape), x.new_empty((2 * n_mlp + n_ln,), dtype=torch.float32)
@@ -703,16 +709,17 @@ def _pair_setup(ctx, inputs, output):
     ctx.set_materialize_grads(False)
 
 
-def _pair_backward_rule(ctx, dya, dyb, _dsa, _dsb):
-    if dya is None and dyb is None:
-        return (None,) * _PAIR_FWD_ARGS
-    x, sa, sb, *rest = ctx.saved_tensors
+def _pair_grads(saved, flags, dya, dyb, dskip=None) -> tuple:
+    """(dx, the first MLP's six parameter gradients, the second's, the norm's weight and bias) from the
+    pair forward's saved tensors (x, saved activations of a and b, the 12 parameters, ln_w, ln_b)."""
+    x, sa, sb, *rest = saved
     params, (ln_w, ln_b) = tuple(rest[:_PAIR_PARAMS]), rest[_PAIR_PARAMS:]
-    eps, input_residual, output_residual, dot = ctx.flags
+    eps, input_residual, output_residual, dot = flags
     ya_shape = (x.shape[0], params[4].shape[0])
     dya = torch.zeros(ya_shape, device=x.device, dtype=x.dtype) if dya is None else dya
     dyb = torch.zeros(ya_shape, device=x.device, dtype=x.dtype) if dyb is None else dyb
-    dx, grads = _pair_bwd_op(dya, dyb, x, sa, sb, *params, ln_w, ln_b, eps, input_residual, output_residual, dot)
+    dx, grads = _pair_bwd_op(dya, dyb, x, sa, sb, *params, ln_w, ln_b, eps, input_residual, output_residual, dot,
+                             dskip)
     w_in, _, w_hid, _, w_out, _ = params[:6]
     L, HID, IN, OUT = w_hid.shape[0], w_in.shape[0], w_in.shape[1], w_out.shape[0]
     norm = ln_w is not None
@@ -725,7 +732,37 @@ def _pair_backward_rule(ctx, dya, dyb, _dsa, _dsb):
         dln_w, dln_b = dln[0], dln[1]
     else:
         dln_w = dln_b = None
-    return (dx,) + ga + gb + (dln_w, dln_b) + (None,) * (_PAIR_FWD_ARGS - 1 - _PAIR_PARAMS - 2)
+    return (dx,) + ga + gb + (dln_w, dln_b)
+
+
+def _pair_backward_rule(ctx, dya, dyb, _dsa, _dsb):
+    if dya is None and dyb is None:
+        return (None,) * _PAIR_FWD_ARGS
+    return _pair_grads(ctx.saved_tensors, ctx.flags, dya, dyb) + (None,) * (_PAIR_FWD_ARGS - 1 - _PAIR_PARAMS - 2)
+
+
+class _PairWithSkip(torch.autograd.Function):
+    """The pair and a skip connection around it: ``(y_a, y_b, x)``, the third output x itself (a view).
+    Whatever consumes it as the skip connection hands its gradient to this backward, which adds it to
+    dx inside the pair's last kernel: autograd then has one gradient for x, not two to sum with an
+    addition kernel of its own (one per FLARE block)."""
+
+    @staticmethod
+    def forward(ctx, x, ln_w, ln_b, eps, input_residual, output_residual, dot, *params):
+        ya, yb, sa, sb = _pair_fwd_op(x, *params, ln_w, ln_b, eps, input_residual, output_residual, dot, True)
+        ctx.save_for_backward(x, sa, sb, *params, ln_w, ln_b)
+        ctx.flags = (eps, input_residual, output_residual, dot)
+        ctx.mark_non_differentiable(sa, sb)
+        ctx.set_materialize_grads(False)
+        return ya, yb, x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, dya, dyb, dskip):
+        if dya is None and dyb is None:
+            return (dskip,) + (None,) * (6 + _PAIR_PARAMS)
+        dx, *grads = _pair_grads(ctx.saved_tensors, ctx.flags, dya, dyb, dskip)
+        ga, gb, (dln_w, dln_b) = grads[:6], grads[6:12], grads[12:]
+        return (dx, dln_w, dln_b, None, None, None, None, *ga, *gb)
 
 
 _pair_fwd_op.register_autograd(_pair_backward_rule, setup_context=_pair_setup)
@@ -733,13 +770,14 @@ _pair_fwd_op.register_autograd(_pair_backward_rule, setup_context=_pair_setup)
 
 def fused_residual_mlp_pair(x: torch.Tensor, a: Sequence[torch.Tensor], b: Sequence[torch.Tensor],
                             input_residual: bool, output_residual: bool,
-                            norm: Optional[Tuple[torch.Tensor, torch.Tensor, float]] = None
-                            ) -> Tuple[torch.Tensor, torch.Tensor]:
+                            norm: Optional[Tuple[torch.Tensor, torch.Tensor, float]] = None,
+                            pass_input: bool = False) -> tuple:
     """``(fused_residual_mlp(x, *a, ...), fused_residual_mlp(x, *b, ...))`` for two MLPs of the same
     widths and depth on one ``x`` (and one ``norm``), with one backward for both: ``a`` and ``b`` are
     (w_in, b_in, w_hid, b_hid, w_out, b_out) as ``fused_residual_mlp`` takes them. At many tokens
     (where the backward takes the split-token path), or with ``PAIRS`` off, it runs the two MLPs
-    separately."""
+    separately. With ``pass_input`` a third output is x itself, to use as the skip connection around
+    the pair: where the pair runs fused, its gradient is added to x's inside the pair's backward."""
     a, b = (tuple(m[:2]) + (_stacked(m[2], m[0].new_empty((0,) + 2 * (m[0].shape[0],))),
                             _stacked(m[3], m[1].new_empty((0, m[0].shape[0])))) + tuple(m[4:]) for m in (a, b))
     shapes = [tuple(t.shape) for t in a]
@@ -751,7 +789,7 @@ def fused_residual_mlp_pair(x: torch.Tensor, a: Sequence[torch.Tensor], b: Seque
     T = x.numel() // x.shape[-1] if x.shape[-1] else 0
     if not PAIRS or _partial_rows(T, w_in.shape[1], HID, w_out.shape[0], L) is None:
         return (fused_residual_mlp(x, *a, input_residual, output_residual, norm=norm),
-                fused_residual_mlp(x, *b, input_residual, output_residual, norm=norm))
+                fused_residual_mlp(x, *b, input_residual, output_residual, norm=norm)) + ((x,) if pass_input else ())
     _check(x, [w_in, w_hid, w_out], L)
     if input_residual and w_in.shape[1] != HID or output_residual and w_out.shape[0] != HID:
         raise ValueError("a residual connection needs equal widths on both sides")
@@ -765,9 +803,13 @@ def fused_residual_mlp_pair(x: torch.Tensor, a: Sequence[torch.Tensor], b: Seque
     params = tuple(p.contiguous() for p in tuple(a) + tuple(b))
     save = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)
                                         or (norm is not None and (ln_w.requires_grad or ln_b.requires_grad)))
+    if pass_input and save and not torch.compiler.is_compiling():
+        ya, yb, skip = _PairWithSkip.apply(x2, ln_w, ln_b, float(eps), bool(input_residual), bool(output_residual),
+                                           dot, *params)
+        return ya.view(*lead, w_out.shape[0]), yb.view(*lead, w_out.shape[0]), skip.view(x.shape)
     ya, yb, _, _ = _pair_fwd_op(x2, *params, ln_w, ln_b, float(eps), bool(input_residual), bool(output_residual),
                                 dot, save)
-    return ya.view(*lead, w_out.shape[0]), yb.view(*lead, w_out.shape[0])
+    return (ya.view(*lead, w_out.shape[0]), yb.view(*lead, w_out.shape[0])) + ((x,) if pass_input else ())
 
 
 def dot_dtype_for(x: torch.Tensor) -> torch.dtype:

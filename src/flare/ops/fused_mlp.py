@@ -598,7 +598,8 @@ _mlp_fwd_op.register_autograd(_backward_rule, setup_context=_setup)
 # gradient with respect to the shared (normed) input, which the first MLP's kernel adds before the
 # norm's backward (G_OUT / G_IN), and both write their partials into one buffer. Against two single
 # MLPs that saves per pair an addition of the input gradients, the two additions of the shared
-# norm's weight and bias gradients, one norm backward and one partials sum.
+# norm's weight and bias gradients, one norm backward and one partials sum; with a skip connection
+# around the pair passed through it (pass_input), also the addition of the skip's gradient.
 # --------------------------------------------------------------------------------------------
 _PAIR_PARAMS = 12  # w_in, b_in, w_hid, b_hid, w_out, b_out of each MLP
 # False: fused_residual_mlp_pair runs its two MLPs separately (benchmarks)

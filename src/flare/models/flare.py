@@ -76,11 +76,11 @@ class FLAREMixer(nn.Module):
         if norm is not None and not self.key_proj.fuses_norm(u, norm):
             u, norm = norm(u), None
         B, N, C = u.shape
-        if self.key_proj.pairs_with(self.value_proj, u, norm) and skip is not None and skip is u:
-            # one fused backward for both, which also adds the skip connection's gradient to u's
-            k, v, skip = self.key_proj.forward_pair(self.value_proj, u, norm=norm, pass_input=True)
-        elif self.key_proj.pairs_with(self.value_proj, u, norm):  # one fused backward for both
-            k, v = self.key_proj.forward_pair(self.value_proj, u, norm=norm)
+        if self.key_proj.pairs_with(self.value_proj, u, norm):  # one fused backward for both
+            if skip is u:  # u passed through the pair: that backward also adds the skip's gradient
+                k, v, skip = self.key_proj.forward_pair(self.value_proj, u, norm=norm, pass_input=True)
+            else:
+                k, v = self.key_proj.forward_pair(self.value_proj, u, norm=norm)
         else:
             k, v = self.key_proj(u, norm=norm), self.value_proj(u, norm=norm)
         k = k.view(B, N, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, N, D]

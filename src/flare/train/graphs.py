@@ -31,7 +31,7 @@ class GraphedStep:
     """``step(x, y)`` -> a tuple of tensors, replayed from one CUDA graph on the captured shapes.
 
     ``step`` runs a training step up to (not including) the optimizer update: forward, loss,
-    ``zero_grad(set_to_none=True)``, backward, clipping; it returns detached tensors (loss, metrics).
+    ``zero_grad(set_to_none=True)``, backward, clipping; it returns a tuple of detached tensors (metrics).
     The first call on CUDA runs it three times on a side stream (compilation, allocator warm-up; the
     gradients are dropped by the next ``zero_grad``), captures it once on static copies of ``x`` and
     ``y`` and replays that: the parameters' ``.grad`` are then tensors of the graph, rewritten by every

@@ -304,9 +304,9 @@ class Trainer:
         return per_sample.mean(), rel.mean()
 
     def _forward_backward(self, x: torch.Tensor, y: torch.Tensor, *edges: torch.Tensor
-                          ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One step up to the optimizer update (forward, loss, backward, unscaling, clipping): the
-        loss and the step's METRICS (loss, relative L2, gradient norm before clipping) as one float64
+                          ) -> tuple[torch.Tensor]:
+        """One step up to the optimizer update (forward, loss, backward, unscaling, clipping): a
+        1-tuple of the step's METRICS (loss, relative L2, gradient norm before clipping) as one float64
         row, detached; ``edges`` for a mesh model. Replayed from one CUDA graph by
         ``self.step_graph`` where that applies."""
         with self.autocast():
@@ -320,7 +320,7 @@ class Trainer:
         self.scaler.unscale_(self.optimizer)
         max_norm = self.cfg.clip_grad_norm if self.cfg.clip_grad_norm > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
-        return loss.detach(), torch.stack([loss.detach(), rel.detach(), grad_norm.detach()]).double()
+        return (torch.stack([loss.detach(), rel.detach(), grad_norm.detach()]).double(),)
 
     def train_epoch(self, epoch: int) -> dict:
         """Run the steps of ``epoch`` from ``self.step_in_epoch`` on; returns the epoch's mean metrics.
@@ -345,7 +345,7 @@ class Trainer:
             edges = (self.train_set.batch_edges(indices).to(self.device),) if self.needs_edges else ()
             if self.compiled_graphs:  # the previous step's graph outputs are no longer needed
                 torch.compiler.cudagraph_mark_step_begin()
-            _, metrics = self.step_graph(x, y, *edges)
+            (metrics,) = self.step_graph(x, y, *edges)
             if self.step_graph.failed and not self.graphs.enabled:
                 self.graphs.enabled = True  # the whole step did not capture: try the model alone
             record[step].copy_(metrics)

@@ -27,53 +27,48 @@ def inputs(B, nx, ny, C, seed, dtype=torch.float64):
     return pred, target, std, mean
 
 
+def fused_and_reference(pred64, target64, std64, mean64, grid_shape, weight, dtype=torch.float32):
+    """``(loss, rel, ∂loss/∂pred)`` of the fused loss on pred in ``dtype`` and of the float64
+    definitions: on pred64 itself for float32, on its rounded values for a 16-bit dtype."""
+    ref_pred = (pred64.clone() if dtype == torch.float32 else pred64.to(dtype).double()).requires_grad_()
+    ref_loss, ref_rel = reference(ref_pred, target64, std64, mean64, grid_shape, weight)
+    ref_loss.backward()
+    pred = pred64.to(DEVICE, dtype).requires_grad_()
+    loss, rel = fls.fused_relative_l2_loss(pred, target64.to(DEVICE, torch.float32), std64.to(DEVICE),
+                                           mean64.to(DEVICE), grid_shape, weight)
+    loss.backward()
+    return (loss, rel, pred.grad), (ref_loss, ref_rel, ref_pred.grad)
+
+
 @pytest.mark.parametrize("B,nx,ny,C,weight", [
     (2, 9, 9, 1, 0.1),     # Darcy-like, one chunk per sample
     (3, 40, 33, 2, 0.5),   # two channels, several chunks, nx ≠ ny
     (1, 37, 31, 1, 0.0),   # no difference terms
 ])
 def test_values_and_gradient_match_the_definitions(B, nx, ny, C, weight):
-    pred64, target64, std64, mean64 = inputs(B, nx, ny, C, seed=nx * ny + C)
-    ref_pred = pred64.clone().requires_grad_()
-    ref_loss, ref_rel = reference(ref_pred, target64, std64, mean64, (nx, ny), weight)
-    ref_loss.backward()
-    pred = pred64.to(DEVICE, torch.float32).requires_grad_()
-    loss, rel = fls.fused_relative_l2_loss(pred, target64.to(DEVICE, torch.float32), std64.to(DEVICE),
-                                           mean64.to(DEVICE), (nx, ny), weight)
-    loss.backward()
+    (loss, rel, grad), (ref_loss, ref_rel, ref_grad) = fused_and_reference(
+        *inputs(B, nx, ny, C, seed=nx * ny + C), (nx, ny), weight)
     assert loss.shape == rel.shape == () and not rel.requires_grad
     assert abs(loss.item() - ref_loss.item()) < 1e-5 * ref_loss.item()
     assert abs(rel.item() - ref_rel.item()) < 1e-5 * ref_rel.item()
-    assert rel_err(pred.grad, ref_pred.grad) < 1e-5
+    assert rel_err(grad, ref_grad) < 1e-5
 
 
 def test_half_precision_prediction_gets_its_gradient_in_its_dtype():
-    pred64, target64, std64, mean64 = inputs(2, 12, 10, 1, seed=3)
-    ref_pred = pred64.to(torch.bfloat16).double().requires_grad_()
-    ref_loss, _ = reference(ref_pred, target64, std64, mean64, (12, 10), 0.1)
-    ref_loss.backward()
-    pred = pred64.to(DEVICE, torch.bfloat16).requires_grad_()
-    loss, _ = fls.fused_relative_l2_loss(pred, target64.to(DEVICE, torch.float32), std64.to(DEVICE),
-                                         mean64.to(DEVICE), (12, 10), 0.1)
-    loss.backward()
-    assert pred.grad.dtype == torch.bfloat16 and loss.dtype == torch.float32
+    (loss, _, grad), (ref_loss, _, ref_grad) = fused_and_reference(*inputs(2, 12, 10, 1, seed=3), (12, 10), 0.1,
+                                                                   dtype=torch.bfloat16)
+    assert grad.dtype == torch.bfloat16 and loss.dtype == torch.float32
     assert abs(loss.item() - ref_loss.item()) < 1e-5 * ref_loss.item()
-    assert rel_err(pred.grad, ref_pred.grad) < 1e-2
+    assert rel_err(grad, ref_grad) < 1e-2
 
 
 def test_a_sample_predicted_exactly_adds_zero_and_a_finite_gradient():
     """‖e‖ = 0 for one sample: its terms are 0 and so is its gradient (torch's norm gradient at 0)."""
     pred64, target64, std64, mean64 = inputs(2, 9, 9, 1, seed=4)
     pred64[1] = target64[1]
-    ref_pred = pred64.clone().requires_grad_()
-    ref_loss, _ = reference(ref_pred, target64, std64, mean64, (9, 9), 0.1)
-    ref_loss.backward()
-    pred = pred64.to(DEVICE, torch.float32).requires_grad_()
-    loss, _ = fls.fused_relative_l2_loss(pred, target64.to(DEVICE, torch.float32), std64.to(DEVICE),
-                                         mean64.to(DEVICE), (9, 9), 0.1)
-    loss.backward()
-    assert torch.isfinite(pred.grad).all() and pred.grad[1].abs().max() == 0
-    assert rel_err(pred.grad, ref_pred.grad) < 1e-5
+    (loss, _, grad), (ref_loss, _, ref_grad) = fused_and_reference(pred64, target64, std64, mean64, (9, 9), 0.1)
+    assert torch.isfinite(grad).all() and grad[1].abs().max() == 0
+    assert rel_err(grad, ref_grad) < 1e-5
     assert abs(loss.item() - ref_loss.item()) < 1e-5 * ref_loss.item()
 
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Time per step through `flare train` itself (data loading, loss, metrics, optimizer, schedule
 # included) for FLARE at the paper's Darcy settings on a GPU: eager, CUDA graphs (the default) and
-# torch.compile with its CUDA graphs. Small generated Darcy (85 x 85, NUM_TRAIN train samples, 64 by default, and 16 test).
-#   OUT=results/bench EPOCHS=4 [VARIANTS=eager,graphs,compile] [SRC=base/src] bash benchmarks/gpu_trainer_step.sh
+# torch.compile with its CUDA graphs; torch_adamw: graphs with torch's fused AdamW and clip_grad_norm_
+# instead of flare.ops.fused_adamw. Small generated Darcy (85 x 85, NUM_TRAIN train samples, 64 by default, and 16 test).
+#   OUT=results/bench EPOCHS=4 [VARIANTS=eager,graphs,compile,torch_adamw] [SRC=base/src] bash benchmarks/gpu_trainer_step.sh
 set -uo pipefail
 OUT=${OUT:-results/bench}
 EPOCHS=${EPOCHS:-4}
@@ -18,7 +19,8 @@ python -m flare data prepare --dataset darcy --raw-dir "$W/raw" --out "$W/data" 
   > "$W/prep.log" 2>&1
 VARIANTS=${VARIANTS:-eager,graphs,compile}
 for variant in "eager:--set train.cuda_graphs=false" "graphs:--set train.cuda_graphs=true" \
-               "compile:--set train.compile=true"; do
+               "compile:--set train.compile=true" \
+               "torch_adamw:--set train.cuda_graphs=true --set train.fused_optimizer=false"; do
   name=${variant%%:*}; flags=${variant#*:}
   [[ ",$VARIANTS," == *",$name,"* ]] || continue
   python -m flare train --data-dir "$W/data" --model flare --seed 0 --out "$W/runs/$name" \

@@ -218,3 +218,50 @@ def test_fused_loss_gives_the_torch_loss(tiny_darcy, tmp_path):
     torch.testing.assert_close(loss_f, loss_t, rtol=1e-5, atol=0)
     torch.testing.assert_close(rel_f, rel_t, rtol=1e-5, atol=0)
     torch.testing.assert_close(grad_f, grad_t, rtol=1e-4, atol=1e-7)
+
+
+def fused_optimizer_everywhere(monkeypatch):
+    """The trainer builds FusedAdamW (its default on a GPU) on any device; on the CPU under the
+    Triton interpreter."""
+    from flare.ops.fused_adamw import FusedAdamW, fused_adamw_supports
+    from flare.train import trainer as trainer_module
+
+    def make(model, cfg):
+        groups = parameter_groups(model, cfg.weight_decay)
+        assert fused_adamw_supports([p for g in groups for p in g["params"]])
+        return FusedAdamW(groups, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
+
+    monkeypatch.setattr(trainer_module, "make_optimizer", make)
+
+
+def test_fused_optimizer_trains_like_adamw_and_resumes_exactly(tiny_darcy, tmp_path, monkeypatch):
+    """FusedAdamW with its folded-in clipping: the same run as torch's AdamW with clip_grad_norm_ (to
+    float rounding), the same gradient norms in the history, and an interrupted run resumes to the
+    same weights bit for bit."""
+    clipped = {**TINY, "train": {**TINY["train"], "clip_grad_norm": 0.5}}  # clips every step here
+    train(tiny_darcy, "flare", 2, tmp_path / "torch", clipped, progress=False)
+    fused_optimizer_everywhere(monkeypatch)
+    trainer = Trainer(resolve_config(tiny_darcy, "flare", 2, clipped), tmp_path / "probe", progress=False)
+    assert trainer.fused_optimizer
+    train(tiny_darcy, "flare", 2, tmp_path / "fused", clipped, progress=False)
+    a, b = final_weights(tmp_path / "torch"), final_weights(tmp_path / "fused")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
+    norms = [[row["grad_norm"] for row in torch.load(run / "ckpt10.pt", weights_only=False)["history"]]
+             for run in (tmp_path / "torch", tmp_path / "fused")]
+    assert len(norms[0]) == 4 and norms[1] == pytest.approx(norms[0], rel=1e-4)
+
+    original = Trainer.train_epoch
+
+    def crash_in_epoch_three(self, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt("simulated kill")
+        return original(self, epoch)
+
+    monkeypatch.setattr(Trainer, "train_epoch", crash_in_epoch_three)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_darcy, "flare", 2, tmp_path / "resumed", clipped, progress=False)
+    monkeypatch.setattr(Trainer, "train_epoch", original)
+    train(tiny_darcy, "flare", 2, tmp_path / "resumed", clipped, progress=False)
+    c = final_weights(tmp_path / "resumed")
+    assert all(torch.equal(b[k], c[k]) for k in b)

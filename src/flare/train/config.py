@@ -28,6 +28,7 @@ class TrainConfig:
     ema_decay: float = 0.0  # > 0 keeps an exponential moving average of the weights, used for evaluation
     compile: bool = False  # torch.compile the model (with its own CUDA graphs when cuda_graphs applies)
     cuda_graphs: bool = True  # on CUDA, replay each step up to the optimizer from a CUDA graph (flare.train.graphs)
+    fused_optimizer: bool = True  # on CUDA, AdamW and gradient clipping as Triton kernels (flare.ops.fused_adamw)
     plots: bool = True  # loss, gradient-norm and learning-rate plots in the run folder
 
     @classmethod

@@ -35,6 +35,7 @@ from flare.data.loader import load_splits
 from flare.inference import check_model_fits_dataset, per_sample_relative_l2, pick_device
 from flare.metrics import relative_l2_loss_terms
 from flare.models import MODELS, build
+from flare.ops.fused_adamw import FusedAdamW
 from flare.ops.fused_loss import fused_loss_available, fused_relative_l2_loss
 from flare.settings import deep_merge, model_settings
 from flare.train.checkpoint import (
@@ -207,6 +208,7 @@ class Trainer:
             self.ema = torch.optim.swa_utils.AveragedModel(
                 self.model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(self.cfg.ema_decay))
         self.optimizer = make_optimizer(self.model, self.cfg)
+        self.fused_optimizer = isinstance(self.optimizer, FusedAdamW)
         self.scheduler = make_scheduler(self.optimizer, self.cfg, self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.cfg.precision == "fp16")
         self.y_norm = self.train_set.y_normalizer.to(self.device)
@@ -319,7 +321,10 @@ class Trainer:
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
         max_norm = self.cfg.clip_grad_norm if self.cfg.clip_grad_norm > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        if self.fused_optimizer:  # the norm now, the clipping inside step(gathered=True)
+            grad_norm = self.optimizer.gather_grads(max_norm)
+        else:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         return (torch.stack([loss.detach(), rel.detach(), grad_norm.detach()]).double(),)
 
     def train_epoch(self, epoch: int) -> dict:
@@ -351,7 +356,7 @@ class Trainer:
             record[step].copy_(metrics)
             if (step + 1) % self.sync_every == 0:  # every step on the CPU: before its update
                 checked = self._check_finite(record, checked, step + 1, epoch)
-            self.scaler.step(self.optimizer)
+            self.scaler.step(self.optimizer, **({"gathered": True} if self.fused_optimizer else {}))
             self.scaler.update()
             self.scheduler.step()
             if self.ema is not None:

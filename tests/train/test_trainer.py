@@ -265,3 +265,21 @@ def test_fused_optimizer_trains_like_adamw_and_resumes_exactly(tiny_darcy, tmp_p
     train(tiny_darcy, "flare", 2, tmp_path / "resumed", clipped, progress=False)
     c = final_weights(tmp_path / "resumed")
     assert all(torch.equal(b[k], c[k]) for k in b)
+
+
+def test_postponed_partial_sums_give_the_same_gradients(tiny_darcy, tmp_path):
+    """The trainer's backward with the fused MLPs' partial sums postponed (its default on a GPU,
+    flare.ops.deferred_sums) and summed at once: the same gradients and gradient norm."""
+    overrides = {**TINY, "model": {**TINY["model"], "mlp_backend": "triton"}}
+    trainer = Trainer(resolve_config(tiny_darcy, "flare", 0, overrides), tmp_path / "run", progress=False)
+    x, y = trainer.train_set.batch([0, 1, 2, 3])
+    x, y = x.to(trainer.device), y.to(trainer.device)
+    runs = []
+    for defer in (False, True):
+        trainer.defer_sums = defer
+        (metrics,) = trainer._forward_backward(x, y)
+        runs.append((metrics.clone(), [p.grad.clone() for p in trainer.model.parameters()]))
+    (m0, g0), (m1, g1) = runs
+    torch.testing.assert_close(m1, m0, rtol=1e-5, atol=0)
+    for a, b in zip(g0, g1):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-8)

@@ -9,8 +9,8 @@ tokens) every one of them is a launch of a few microseconds (benchmarks/NOTES-ml
 
 The backward writes the input gradient token-major (``[B, N, H, D]`` memory, handed back as the
 ``[B, H, N, D]`` view the mixer's backward reads with its strides) and sums ``doutᵀ merge(y)`` and
-``Σ dout`` over each program's share of the tokens into its own row of partials, summed by torch
-afterwards (deterministic, no atomics). The skip connection's gradient is ``dout`` itself.
+``Σ dout`` over each program's share of the tokens into its own row of partials, summed afterwards
+(deterministic, no atomics; ``flare.ops.deferred_sums.column_sum``). The skip connection's gradient is ``dout`` itself.
 
 Dots run in the autocast dtype if autocast is on, else in y's dtype (fp32 with TF32 when torch allows
 it, as ``nn.Linear``), with fp32 accumulation; the output has x's dtype. Widths up to 128. Runs as
@@ -28,6 +28,7 @@ from flare.ops._triton import IMPORT_ERROR as _TRITON_IMPORT_ERROR
 from flare.ops._triton import interpreting as _interpreting
 from flare.ops._triton import sm_count as _sm_count
 from flare.ops._triton import tl, triton
+from flare.ops.deferred_sums import column_sum, settle_unless_kept
 
 __all__ = ["fused_head_merge_linear", "head_merge_linear_supports"]
 
@@ -136,7 +137,7 @@ def _backward(dout, y, w, dot):
         part.shape[1], CIN=CIN, COUT=COUT, D=D, BLOCK_T=bt, BLOCK_IN=bi, BLOCK_OUT=bo,
         DOT_DTYPE=dtl, DOT_PREC=prec, num_warps=warps,
     )
-    return dy, part.sum(0)
+    return dy, column_sum(part)
 
 
 @torch.library.custom_op("flare::head_merge_linear_fwd", mutates_args=())
@@ -165,18 +166,20 @@ def _(dout, y, w, dot):
 
 def _setup(ctx, inputs, output):
     y, w, b, x, dot = inputs
-    ctx.save_for_backward(y, w)
+    ctx.save_for_backward(y, w, b)
     ctx.dot = dot
     ctx.w_dtype, ctx.b_dtype = w.dtype, b.dtype
 
 
 def _backward_rule(ctx, dout):
-    y, w = ctx.saved_tensors
+    y, w, b = ctx.saved_tensors
     B, H, N, D, CIN, COUT = _sizes(y, w)
     dy, grads = _bwd_op(dout, y, w, ctx.dot)
     bi, bo = _blocks(CIN, COUT, ctx.dot)
-    dw = grads[:bo * bi].view(bo, bi)[:COUT, :CIN].to(ctx.w_dtype)
-    db = grads[bo * bi:][:COUT].to(ctx.b_dtype)
+    dw, db = grads[:bo * bi].view(bo, bi)[:COUT, :CIN], grads[bo * bi:][:COUT]
+    # postponed partial sums (flare.ops.deferred_sums): computed now if autograd would read them
+    settle_unless_kept(((dw, w), (db, b)))
+    dw, db = dw.to(ctx.w_dtype), db.to(ctx.b_dtype)
     dy = dy.view(B, N, H, D).transpose(1, 2)  # token-major memory, [B, H, N, D] shape
     return dy, dw, db, dout, None
 

@@ -16,7 +16,8 @@ them with one small dot and runs the chain of input gradients in registers. The 
 gradients are sums over the tokens: with few tokens every backward program writes its tile's share
 into its own partial slot; with many, the backward writes the pre-activation gradients and a
 split-token kernel sums them per chunk of tokens. Either way the partials are summed afterwards
-(deterministic, no atomics). With 16-bit dots an input narrower than the hidden layers is padded to
+(deterministic, no atomics; ``flare.ops.deferred_sums.column_sum``, which inside
+``deferred_partial_sums()`` postpones the sums of a whole backward to a few grouped launches). With 16-bit dots an input narrower than the hidden layers is padded to
 the hidden tile width inside the kernels: narrower input tiles miscompile (triton 3.6, sm_90; see
 benchmarks/NOTES-mlp.md, which also has the measurements).
 
@@ -43,6 +44,7 @@ from flare.ops._triton import interpreting as _interpreting
 from flare.ops._triton import register_cap
 from flare.ops._triton import sm_count as _sm_count
 from flare.ops._triton import tl, triton
+from flare.ops.deferred_sums import column_sum, settle_unless_kept
 
 __all__ = ["fused_residual_mlp", "fused_residual_mlp_pair", "fused_mlp_available", "fused_mlp_supports", "dot_dtype_for", "MAX_WIDTH"]
 
@@ -467,7 +469,7 @@ def _backward(dy, x, s, w_in, b_in, w_hid, b_hid, w_out, ln_w, ln_b, eps, input_
         _mlp_bwd_kernel[(tiles,)](x, dy, s, w_in, b_in, w_hid, b_hid, w_out, dx, dx, part, part[:, n_w:], *ln, dx,
                                   part[:, n_w + n_b:], part.shape[1], dx, dy, T, IN, HID, OUT, PARTIALS=True,
                                   G_OUT=False, G_IN=False, **common)
-        return dx, part.sum(0)
+        return dx, column_sum(part)
     da = torch.empty((L + 1, T, HID), device=x.device, dtype=dot_dtype)
     # with a norm the input layer's weight gradient needs LayerNorm(x): the backward kernel stores it
     xn = torch.empty((T, IN), device=x.device, dtype=dot_dtype) if norm else x
@@ -507,9 +509,9 @@ def _backward(dy, x, s, w_in, b_in, w_hid, b_hid, w_out, ln_w, ln_b, eps, input_
                 DOT_DTYPE=dtl, DOT_PREC=prec, num_warps=4, num_stages=stages,
             )
     grads = torch.empty((n_w + n_b + n_ln,), **f32)
-    torch.sum(part, 0, out=grads[:n_w + n_b])
+    column_sum(part, out=grads[:n_w + n_b])
     if norm:
-        torch.sum(lnp, 0, out=grads[n_w + n_b:])
+        column_sum(lnp, out=grads[n_w + n_b:])
     return dx, grads
 
 
@@ -561,7 +563,7 @@ def _setup(ctx, inputs, output):
     if not save:
         raise RuntimeError("fused_residual_mlp: the forward ran without saving activations "
                            "but a gradient was requested")
-    ctx.save_for_backward(x, output[1], w_in, b_in, w_hid, b_hid, w_out, ln_w, ln_b)
+    ctx.save_for_backward(x, output[1], w_in, b_in, w_hid, b_hid, w_out, ln_w, ln_b, b_out)
     ctx.flags = (eps, input_residual, output_residual, add_input, dot)
     # the saved activations are an output only to be saved: no zero-filled gradient for them
     # (512 MB of zeros per MLP at 1M points in bf16)
@@ -572,12 +574,15 @@ def _setup(ctx, inputs, output):
 def _backward_rule(ctx, dy, _ds):
     if dy is None:  # the output did not reach the loss
         return (None,) * _FWD_ARGS
-    x, s, w_in, b_in, w_hid, b_hid, w_out, ln_w, ln_b = ctx.saved_tensors
+    x, s, w_in, b_in, w_hid, b_hid, w_out, ln_w, ln_b, b_out = ctx.saved_tensors
     eps, input_residual, output_residual, add_input, dot = ctx.flags
     dx, grads = _mlp_bwd_op(dy, x, s, w_in, b_in, w_hid, b_hid, w_out, ln_w, ln_b, eps,
                             input_residual, output_residual, add_input, dot)
     L, HID, IN, OUT = w_hid.shape[0], w_in.shape[0], w_in.shape[1], w_out.shape[0]
-    return (dx,) + _param_grads(grads, IN, HID, OUT, L, ln_w is not None, dot) + (None,) * (_FWD_ARGS - 9)
+    param_grads = _param_grads(grads, IN, HID, OUT, L, ln_w is not None, dot)
+    # postponed partial sums (flare.ops.deferred_sums): computed now if autograd would read them
+    settle_unless_kept(zip(param_grads, (w_in, b_in, w_hid, b_hid, w_out, b_out, ln_w, ln_b)))
+    return (dx,) + param_grads + (None,) * (_FWD_ARGS - 9)
 
 
 def _param_grads(grads: torch.Tensor, IN: int, HID: int, OUT: int, L: int, norm: bool, dot: str) -> tuple:
@@ -645,7 +650,7 @@ def _backward_pair(dys, x, ss, params, ln_w, ln_b, eps, input_residual, output_r
             x, dys[which].contiguous(), ss[which], w_in, b_in, w_hid, b_hid, w_out, dx, dx, part[:, col:],
             part[:, col + n_w:], *ln, dx, part[:, 2 * n_mlp:], part.shape[1], g, skip, T, IN, HID, OUT,
             G_OUT=g_out, G_IN=not g_out, ADD_X=not g_out and dskip is not None, **common)
-    return dx, part.sum(0)
+    return dx, column_sum(part)
 
 
 @torch.library.custom_op("flare::fused_mlp_pair_fwd", mutates_args=())
@@ -733,6 +738,7 @@ def _pair_grads(saved, flags, dya, dyb, dskip=None) -> tuple:
         dln_w, dln_b = dln[0], dln[1]
     else:
         dln_w = dln_b = None
+    settle_unless_kept(zip(ga + gb + (dln_w, dln_b), params + (ln_w, ln_b)))
     return (dx,) + ga + gb + (dln_w, dln_b)
 
 

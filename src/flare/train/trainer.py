@@ -35,6 +35,7 @@ from flare.data.loader import load_splits
 from flare.inference import check_model_fits_dataset, per_sample_relative_l2, pick_device
 from flare.metrics import relative_l2_loss_terms
 from flare.models import MODELS, build
+from flare.ops.deferred_sums import deferred_partial_sums
 from flare.ops.fused_adamw import FusedAdamW
 from flare.ops.fused_loss import fused_loss_available, fused_relative_l2_loss
 from flare.settings import deep_merge, model_settings
@@ -209,6 +210,9 @@ class Trainer:
                 self.model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(self.cfg.ema_decay))
         self.optimizer = make_optimizer(self.model, self.cfg)
         self.fused_optimizer = isinstance(self.optimizer, FusedAdamW)
+        # the fused kernels' weight-gradient partials summed together after the backward (a few
+        # launches instead of 26 at the Darcy size; flare.ops.deferred_sums); one process, no compile
+        self.defer_sums = self.device.type == "cuda" and not self.dist.enabled and not self.cfg.compile
         self.scheduler = make_scheduler(self.optimizer, self.cfg, self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.cfg.precision == "fp16")
         self.y_norm = self.train_set.y_normalizer.to(self.device)
@@ -318,7 +322,9 @@ class Trainer:
                 pred = self.net(x, **({"edges": edges[0]} if edges else {}))
         loss, rel = self.loss(pred, y)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        scaled = self.scaler.scale(loss)
+        with deferred_partial_sums(scaled, enabled=self.defer_sums):
+            scaled.backward()
         self.scaler.unscale_(self.optimizer)
         max_norm = self.cfg.clip_grad_norm if self.cfg.clip_grad_norm > 0 else math.inf
         if self.fused_optimizer:  # the norm now, the clipping inside step(gathered=True)

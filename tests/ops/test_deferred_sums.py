@@ -74,11 +74,11 @@ def model_grads(model, x, defer, accumulate=False, hook=False):
 
 @pytest.mark.parametrize("case", ["fresh", "accumulate", "hook"])
 def test_flare_gradients_with_postponed_sums_equal_the_immediate_ones(case, monkeypatch):
-    """A FLARE model on the fused MLPs (single, pair, split-token), the fused head-merge projection
+    """A FLARE model on the fused MLPs (single, pair; split-token: not postponed), the fused head-merge projection
     and an input projection of width 1 (its padded slot is summed at once): the same gradients with
     the sums postponed. Also where autograd reads a gradient before the block ends (a second backward
-    adding to ``.grad``, a hook, a norm shared by two single MLPs on the split-token path): every
-    postponed job is summed at once."""
+    adding to ``.grad``, a hook, a norm shared by two single MLPs): every postponed job is summed at
+    once."""
     torch.manual_seed(0)
     model = build("flare", 1, 2, channel_dim=16, num_blocks=2, num_heads=2, num_latents=8,
                   mlp_backend="triton", attn_backend="reference").to(DEVICE)
@@ -88,7 +88,13 @@ def test_flare_gradients_with_postponed_sums_equal_the_immediate_ones(case, monk
     later = model_grads(model, x, True, **kwargs)
     for name in now:
         assert rel_err(later[name], now[name]) < 1e-6, name
-    # the split-token path of a single MLP (many tokens) postpones its two sums as well
+    # the key and value projections as two single MLPs: both postpone, and both feed the one norm in
+    # front of them (autograd adds its two gradients: read, so everything is summed at once there)
+    monkeypatch.setattr(fm, "PAIRS", False)
+    later = model_grads(model, x, True, **kwargs)
+    for name in now:
+        assert rel_err(later[name], now[name]) < 1e-5, name
+    # many tokens (the split-token path): summed at once, nothing postponed
     monkeypatch.setattr(fm, "PARTIALS_MAX_BYTES", 0)
     later = model_grads(model, x, True, **kwargs)
     for name in now:

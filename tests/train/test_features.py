@@ -21,7 +21,9 @@ SETTINGS = ["--set", "model.channel_dim=8", "--set", "model.num_blocks=1", "--se
 def test_two_process_gloo_ddp_follows_the_single_process_loss_curve(tiny_darcy, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     single, double = tmp_path / "single", tmp_path / "ddp"
-    base = ["-m", "flare", "train", "--data-dir", str(tiny_darcy), "--model", "flare", "--seed", "0", *SETTINGS]
+    # on the CPU everywhere (gloo): on a one-GPU machine a second CUDA process has no device
+    base = ["-m", "flare", "train", "--data-dir", str(tiny_darcy), "--model", "flare", "--seed", "0", *SETTINGS,
+            "--set", "train.device=cpu"]
     subprocess.run([sys.executable, *base, "--out", str(single)], env=env, check=True, capture_output=True)
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",

@@ -16,8 +16,8 @@ them with one small dot and runs the chain of input gradients in registers. The 
 gradients are sums over the tokens: with few tokens every backward program writes its tile's share
 into its own partial slot; with many, the backward writes the pre-activation gradients and a
 split-token kernel sums them per chunk of tokens. Either way the partials are summed afterwards
-(deterministic, no atomics; ``flare.ops.deferred_sums.column_sum``, which inside
-``deferred_partial_sums()`` postpones the sums of a whole backward to a few grouped launches). With 16-bit dots an input narrower than the hidden layers is padded to
+(deterministic, no atomics; with few tokens through ``flare.ops.deferred_sums.column_sum``, which
+inside ``deferred_partial_sums()`` postpones the sums of a whole backward to a few grouped launches). With 16-bit dots an input narrower than the hidden layers is padded to
 the hidden tile width inside the kernels: narrower input tiles miscompile (triton 3.6, sm_90; see
 benchmarks/NOTES-mlp.md, which also has the measurements).
 
@@ -509,9 +509,11 @@ def _backward(dy, x, s, w_in, b_in, w_hid, b_hid, w_out, ln_w, ln_b, eps, input_
                 DOT_DTYPE=dtl, DOT_PREC=prec, num_warps=4, num_stages=stages,
             )
     grads = torch.empty((n_w + n_b + n_ln,), **f32)
-    column_sum(part, out=grads[:n_w + n_b])
+    # summed now even inside deferred_partial_sums(): at this many tokens the sums are a sliver of the
+    # step and the partials of every MLP, kept to the end of the backward, would add ~0.6 GB
+    torch.sum(part, 0, out=grads[:n_w + n_b])
     if norm:
-        column_sum(lnp, out=grads[n_w + n_b:])
+        torch.sum(lnp, 0, out=grads[n_w + n_b:])
     return dx, grads
 
 

@@ -147,3 +147,19 @@ def test_a_state_dict_of_another_adam_variant_is_refused():
     amsgrad.step()
     with pytest.raises(ValueError, match="amsgrad=True"):
         fa.FusedAdamW(groups(make_params()), **HYPER).load_state_dict(amsgrad.state_dict())
+
+
+def test_a_parameter_missing_from_a_loaded_state_starts_afresh():
+    """Loading a state dict without state for one parameter (torch's AdamW before that parameter's
+    first update) zeroes its moments and step count instead of keeping the old ones."""
+    ours, _, opt, _, _, _ = run_pair(2, math.inf, gathered=False)
+    saved = copy.deepcopy(opt.state_dict())
+    del saved["state"][4]  # parameter 4: shape (1,)
+    opt.load_state_dict(saved)
+    state = opt.state[ours[4]]
+    assert float(state["step"]) == 0.0 and float(state["exp_avg"]) == 0.0 and float(state["exp_avg_sq"]) == 0.0
+    assert float(opt.state[ours[0]]["step"]) == 2.0 and float(opt.state[ours[0]]["exp_avg"].abs().sum()) > 0
+    # the counts differ now: the next update goes parameter by parameter, each with its own count
+    set_grads(ours, 5)
+    opt.step()
+    assert float(opt.state[ours[4]]["step"]) == 1.0 and float(opt.state[ours[0]]["step"]) == 3.0

@@ -2,8 +2,8 @@
 
 The fused backward kernels (``fused_mlp`` with few tokens, its key/value pair, ``fused_linear``) write
 the weight and bias gradients of each program's share of the tokens into a row of partials, and a
-reduction sums the rows. At the paper's Darcy size that is 26 reductions per step, about 12 µs each inside the
-step (0.31 ms on an H100): each reads 5-40 MB, too little to reach the card's bandwidth, and each is
+reduction sums the rows. At the paper's Darcy size that is 26 reductions per step, about 12 µs each
+inside the step (0.31 ms on an H100): each reads 5-40 MB, too little to reach the card's bandwidth, and each is
 a launch on the step's critical path.
 
 Inside ``deferred_partial_sums()`` those reductions wait: ``column_sum`` returns an uninitialised
@@ -11,11 +11,13 @@ tensor and records the job, and when the block exits one kernel sums up to ``JOB
 per launch (a program per column block of one job, rows in a fixed order: deterministic). The
 gradients handed to autograd are views of those tensors, so nothing may read them before the block
 ends. Autograd itself does not when it stores a fresh gradient whose layout matches the parameter's
-(it keeps the tensor as ``.grad``); ``settle_unless_kept`` computes a job at once where that is not so
-(an existing ``.grad`` to add to, a hook, a parameter that is not a leaf, a padded layout). Use it
-around ``loss.backward()`` only, as ``flare.train.Trainer`` does on CUDA; the partials of every
-postponed job stay allocated until the block ends (at most ``MAX_PENDING_BYTES``; beyond that a job
-is summed at once).
+(it keeps the tensor as ``.grad``); ``settle_unless_kept`` sums every pending job at once where that is
+not so (an existing ``.grad`` to add to, a tensor hook, a parameter that is not a leaf or that receives
+a second gradient in the same backward — found by walking the roots' autograd graph when the block
+starts —, a padded layout). Hooks on autograd's gradient-accumulation nodes (DDP's) are not seen: use
+the block around ``loss.backward()`` in one process only, as ``flare.train.Trainer`` does on CUDA. The
+partials of every postponed job stay allocated until the block ends (at most ``MAX_PENDING_BYTES``;
+beyond that a job is summed at once).
 """
 from __future__ import annotations
 

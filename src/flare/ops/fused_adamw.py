@@ -101,15 +101,15 @@ def fused_adamw_available() -> bool:
 
 
 def fused_adamw_supports(params: Iterable[torch.Tensor]) -> bool:
-    """Whether ``FusedAdamW`` takes these parameters: Triton imports and they are dense fp32 tensors on
-    one CUDA device (or on the CPU under the interpreter)."""
+    """Whether ``FusedAdamW`` takes these parameters: Triton imports and they are contiguous fp32 tensors
+    on one CUDA device (or on the CPU under the interpreter)."""
     params = list(params)
     if not fused_adamw_available() or not params:
         return False
     device = params[0].device
     ok_device = device.type == "cuda" or (device.type == "cpu" and _interpreting())
     return ok_device and all(p.device == device and p.dtype == torch.float32 and p.layout == torch.strided
-                             for p in params)
+                             and p.is_contiguous() for p in params)
 
 
 class _Group:
@@ -160,7 +160,7 @@ class FusedAdamW(torch.optim.Optimizer):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, **ADAMW_FLAGS))
         everything = [p for group in self.param_groups for p in group["params"]]
         if not fused_adamw_supports(everything):
-            raise ValueError("FusedAdamW needs Triton and dense float32 parameters on one CUDA device (or on "
+            raise ValueError("FusedAdamW needs Triton and contiguous float32 parameters on one CUDA device (or on "
                              "the CPU under TRITON_INTERPRET=1); use torch.optim.AdamW for these parameters")
         if len({id(p) for p in everything}) != len(everything):
             raise ValueError("a parameter appears in more than one group")
@@ -193,14 +193,16 @@ class FusedAdamW(torch.optim.Optimizer):
         m = self._flat_m[offset:offset + n].view_as(p)
         v = self._flat_v[offset:offset + n].view_as(p)
         step = torch.zeros((), dtype=torch.float32)
-        if state:
+        if state is not None:  # loading: a parameter without saved state starts afresh
             for key, dest in (("exp_avg", m), ("exp_avg_sq", v)):
-                if key in state:
-                    value = state[key]
-                    if value.shape != p.shape:
-                        raise ValueError(f"optimizer state {key!r} has shape {tuple(value.shape)}, its parameter "
-                                         f"{tuple(p.shape)}")
-                    dest.copy_(value)
+                value = state.get(key)
+                if value is None:
+                    dest.zero_()
+                    continue
+                if value.shape != p.shape:
+                    raise ValueError(f"optimizer state {key!r} has shape {tuple(value.shape)}, its parameter "
+                                     f"{tuple(p.shape)}")
+                dest.copy_(value)
             if "step" in state:
                 step = torch.as_tensor(state["step"], dtype=torch.float32).detach().cpu().reshape(()).clone()
         self.state[p] = {"step": step, "exp_avg": m, "exp_avg_sq": v}

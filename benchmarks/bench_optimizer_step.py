@@ -1,10 +1,14 @@
 """GPU time of what follows the backward in a training step, for FLARE at the paper's Darcy settings
 (about 260 parameter tensors): gradient clipping and the AdamW update, per parameter (the trainer's
-way: ``clip_grad_norm_`` then fused ``AdamW``, two groups) against the same on flat buffers (the
+way until 2026-11-27: ``clip_grad_norm_`` then fused ``AdamW``, two groups) against the same on flat buffers (the
 gradients gathered by one ``torch.cat``, clipped and updated as one tensor per group). Each way is
 replayed from a CUDA graph of ``--reps`` updates (``timing.graph_replay_ms``):
 
     PYTHONPATH=src python benchmarks/bench_optimizer_step.py --out results/bench/optimizer_step.csv
+
+(The trainer has since moved to ``flare.ops.fused_adamw.FusedAdamW``; it is compared with torch's
+fused AdamW and ``clip_grad_norm_`` through the trainer itself: ``VARIANTS=graphs,torch_adamw bash
+benchmarks/gpu_trainer_step.sh``.)
 """
 from __future__ import annotations
 

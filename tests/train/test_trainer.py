@@ -43,9 +43,9 @@ def test_checkpoint_epochs_are_evenly_spaced():
     assert checkpoint_epochs(4) == [0, 0, 1, 1, 2, 2, 2, 3, 3, 4, 4]
 
 
-def test_interrupted_run_resumes_to_identical_weights(tiny_darcy, tmp_path, monkeypatch):
-    train(tiny_darcy, "flare", 3, tmp_path / "straight", TINY, progress=False)
-
+def kill_in_epoch_three_then_resume(data, seed, run, overrides, monkeypatch, after_kill=lambda: None):
+    """A run killed at the start of its third epoch, then rerun to the end; ``after_kill`` inspects the
+    run folder in between."""
     original = Trainer.train_epoch
 
     def crash_in_epoch_three(self, epoch):
@@ -55,11 +55,20 @@ def test_interrupted_run_resumes_to_identical_weights(tiny_darcy, tmp_path, monk
 
     monkeypatch.setattr(Trainer, "train_epoch", crash_in_epoch_three)
     with pytest.raises(KeyboardInterrupt):
-        train(tiny_darcy, "flare", 3, tmp_path / "resumed", TINY, progress=False)
-    assert not (tmp_path / "resumed" / "model.pt").exists()
-    assert max(i for i, _ in list_checkpoints(tmp_path / "resumed")) == 6  # ckpt06 is the one of epoch 2 of 4
+        train(data, "flare", seed, run, overrides, progress=False)
+    after_kill()
     monkeypatch.setattr(Trainer, "train_epoch", original)
-    train(tiny_darcy, "flare", 3, tmp_path / "resumed", TINY, progress=False)
+    train(data, "flare", seed, run, overrides, progress=False)
+
+
+def test_interrupted_run_resumes_to_identical_weights(tiny_darcy, tmp_path, monkeypatch):
+    train(tiny_darcy, "flare", 3, tmp_path / "straight", TINY, progress=False)
+
+    def killed():
+        assert not (tmp_path / "resumed" / "model.pt").exists()
+        assert max(i for i, _ in list_checkpoints(tmp_path / "resumed")) == 6  # ckpt06: epoch 2 of 4
+
+    kill_in_epoch_three_then_resume(tiny_darcy, 3, tmp_path / "resumed", TINY, monkeypatch, killed)
 
     a, b = final_weights(tmp_path / "straight"), final_weights(tmp_path / "resumed")
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -251,18 +260,7 @@ def test_fused_optimizer_trains_like_adamw_and_resumes_exactly(tiny_darcy, tmp_p
              for run in (tmp_path / "torch", tmp_path / "fused")]
     assert len(norms[0]) == 4 and norms[1] == pytest.approx(norms[0], rel=1e-4)
 
-    original = Trainer.train_epoch
-
-    def crash_in_epoch_three(self, epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt("simulated kill")
-        return original(self, epoch)
-
-    monkeypatch.setattr(Trainer, "train_epoch", crash_in_epoch_three)
-    with pytest.raises(KeyboardInterrupt):
-        train(tiny_darcy, "flare", 2, tmp_path / "resumed", clipped, progress=False)
-    monkeypatch.setattr(Trainer, "train_epoch", original)
-    train(tiny_darcy, "flare", 2, tmp_path / "resumed", clipped, progress=False)
+    kill_in_epoch_three_then_resume(tiny_darcy, 2, tmp_path / "resumed", clipped, monkeypatch)
     c = final_weights(tmp_path / "resumed")
     assert all(torch.equal(b[k], c[k]) for k in b)
 

@@ -3,8 +3,8 @@
 The fused backward kernels (``fused_mlp`` with few tokens, its key/value pair, ``fused_linear``) write
 the weight and bias gradients of each program's share of the tokens into a row of partials, and a
 reduction sums the rows. At the paper's Darcy size that is 26 reductions per step, about 12 µs each
-inside the step (0.31 ms on an H100): each reads 5-40 MB, too little to reach the card's bandwidth, and each is
-a launch on the step's critical path.
+inside the step (0.31 ms on an H100): each reads 5-40 MB, too little to reach the card's bandwidth,
+and each is a launch on the step's critical path.
 
 Inside ``deferred_partial_sums()`` those reductions wait: ``column_sum`` returns an uninitialised
 tensor and records the job, and when the block exits one kernel sums up to ``JOBS_PER_LAUNCH`` jobs
@@ -189,6 +189,7 @@ def settle_unless_kept(pairs: Iterable[Tuple[Optional[torch.Tensor], Optional[to
 
 def _launch(jobs) -> None:
     """The postponed sums, grouped by stream, ``JOBS_PER_LAUNCH`` to a launch."""
+    stages = {} if NUM_STAGES is None else {"num_stages": NUM_STAGES}
     by_stream: dict = {}
     for job in jobs:
         by_stream.setdefault(job[2], []).append(job)
@@ -203,6 +204,5 @@ def _launch(jobs) -> None:
                     args += [part, out, part.shape[0], part.shape[1], end]
                 # unused slots repeat the last job (never selected: their programs do not exist)
                 args += args[-5:] * (JOBS_PER_LAUNCH - len(batch))
-                stages = {} if NUM_STAGES is None else {"num_stages": NUM_STAGES}
                 _column_sums_kernel[(end,)](*args, JOBS=len(batch), BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C,
                                             num_warps=NUM_WARPS, **stages)

@@ -10,7 +10,8 @@ tokens) every one of them is a launch of a few microseconds (benchmarks/NOTES-ml
 The backward writes the input gradient token-major (``[B, N, H, D]`` memory, handed back as the
 ``[B, H, N, D]`` view the mixer's backward reads with its strides) and sums ``doutᵀ merge(y)`` and
 ``Σ dout`` over each program's share of the tokens into its own row of partials, summed afterwards
-(deterministic, no atomics; ``flare.ops.deferred_sums.column_sum``). The skip connection's gradient is ``dout`` itself.
+(deterministic, no atomics; ``flare.ops.deferred_sums.column_sum``). The skip connection's gradient
+is ``dout`` itself.
 
 Dots run in the autocast dtype if autocast is on, else in y's dtype (fp32 with TF32 when torch allows
 it, as ``nn.Linear``), with fp32 accumulation; the output has x's dtype. Widths up to 128. Runs as

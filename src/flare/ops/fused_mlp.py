@@ -17,9 +17,10 @@ gradients are sums over the tokens: with few tokens every backward program write
 into its own partial slot; with many, the backward writes the pre-activation gradients and a
 split-token kernel sums them per chunk of tokens. Either way the partials are summed afterwards
 (deterministic, no atomics; with few tokens through ``flare.ops.deferred_sums.column_sum``, which
-inside ``deferred_partial_sums()`` postpones the sums of a whole backward to a few grouped launches). With 16-bit dots an input narrower than the hidden layers is padded to
-the hidden tile width inside the kernels: narrower input tiles miscompile (triton 3.6, sm_90; see
-benchmarks/NOTES-mlp.md, which also has the measurements).
+inside ``deferred_partial_sums()`` postpones the sums of a whole backward to a few grouped launches).
+With 16-bit dots an input narrower than the hidden layers is padded to the hidden tile width inside
+the kernels: narrower input tiles miscompile (triton 3.6, sm_90; see benchmarks/NOTES-mlp.md, which
+also has the measurements).
 
 Dots run in ``dot_dtype`` (float32 — with TF32 when torch allows it, as ``nn.Linear`` does —
 bfloat16 or float16 under autocast) with fp32 accumulation; the residual stream stays fp32 in
